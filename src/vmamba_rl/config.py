@@ -1,0 +1,359 @@
+"""Configuration: one dataclass per concern, the spec's flags, presets and validation.
+
+Every flag of the VMamba-TD3 document keeps its exact name (``--vmamba_hidden_dim``, ``--seq_len`` ...).
+Values resolve in three layers: dataclass defaults (the spec's values) < ``--preset`` < explicit flags.
+Bad values fail at parse time with a message naming the flag and what would be right (exit code 2
+through the CLI, :class:`ConfigError` from Python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the flag and the allowed values."""
+
+
+@dataclass
+class VMambaConfig:
+    """The visual encoder (VMambaRLTiny) and the sequence encoder (TemporalMamba, CrossAttention)."""
+
+    # Spec default is 16, but its data-flow section puts stage 1 at H/4; the stem stride wins here
+    # (see README "Deviations"): patch 4 = VMamba's two stride-2 3x3 convs.
+    vmamba_patch_size: int = 4
+    vmamba_hidden_dim: int = 64
+    vmamba_num_vss_blocks: list[int] = field(default_factory=lambda: [2, 2, 4, 2])
+    vmamba_drop_path_rate: float = 0.1
+    vmamba_layer_scale_init: float = 1e-6  # 0 disables LayerScale (the official VMamba has none)
+    vmamba_ssm_d_state: int = 16
+    vmamba_ssm_ratio: float = 2.0
+    vmamba_mlp_ratio: float = 4.0
+    vmamba_temporal_layers: int = 1
+    vmamba_num_heads: int = 4
+    vmamba_use_checkpoint: bool = False
+    vmamba_input_adapter: bool = False  # optional 1x1 conv in_chans -> 3 (spec's InputAdapter)
+    scan_backend: str = "auto"
+    feature_dim: int = 128
+    state_feature_dim: int = 128
+    hidden_dim: int = 256
+
+
+@dataclass
+class TD3Config:
+    """TD3 and the exploration noise."""
+
+    actor_lr: float = 5e-4
+    critic_lr: float = 1e-3
+    gamma: float = 0.99
+    tau: float = 0.005
+    policy_noise: float = 0.2
+    noise_clip: float = 0.2
+    policy_freq: int = 2
+    ou_theta: float = 0.15
+    ou_sigma: float = 0.2
+    ou_sigma_min: float = 0.01
+    grad_clip: float = 10.0
+    share_encoder: bool = False  # ablation: one encoder, critic trains it, actor reads detached features
+    cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # td3 baseline's CNN
+
+
+@dataclass
+class SACConfig:
+    """HOPE-style multimodal SAC (second document)."""
+
+    sac_actor_lr: float = 3e-4
+    sac_critic_lr: float = 3e-4
+    sac_alpha_lr: float = 3e-4
+    sac_init_alpha: float = 0.2
+    sac_target_entropy: float | None = None  # None = -|A|
+    embed_size: int = 128
+    fusion: str = "mlp"
+    fusion_hidden: int = 256
+    attention_heads: int = 8
+    attention_dim_head: int = 32
+    attention_depth: int = 1
+    attention_ff_dim: int = 128
+    actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    image_encoder: str = "cnn"
+    normalize_keys: list[str] | None = None  # None = every vector modality
+    sac_update_every: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """The off-policy loop: budget, replay, logging, evaluation, checkpoints."""
+
+    algorithm_name: str = "vmamba_td3"
+    env_name: str = "DroneNav-v0"
+    level: str | None = None
+    max_timesteps: int = 200000
+    buffer_size: int = 20000
+    batch_size: int = 128
+    seq_len: int = 4
+    learning_starts: int = 2000
+    updates_per_step: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "off"
+    eval_interval: int = 5000
+    eval_episodes: int = 10
+    save_interval: int = 5000
+    log_dir: str = "runs"
+    run_name: str | None = None
+    save_buffer: bool = True
+    torch_threads: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    """All sections together; field names are unique across sections (they are the CLI flags)."""
+
+    vmamba: VMambaConfig = field(default_factory=VMambaConfig)
+    td3: TD3Config = field(default_factory=TD3Config)
+    sac: SACConfig = field(default_factory=SACConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        # Flat access (``cfg.seq_len``) like the spec's ``args`` namespace.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        for section in SECTIONS:
+            sub = object.__getattribute__(self, section)
+            if name in _field_names(type(sub)):
+                return getattr(sub, name)
+        raise AttributeError(f"Config has no option {name!r}")
+
+    def set(self, name: str, value: Any) -> None:
+        """Set one option by its flag name."""
+        setattr(getattr(self, FLAG_SECTION[name]), name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Rebuild from :meth:`to_dict`; unknown keys are an error (a config from another version)."""
+        cfg = cls(preset=data.get("preset"))
+        for section in SECTIONS:
+            for name, value in data.get(section, {}).items():
+                if name not in FLAG_SECTION:
+                    raise ConfigError(f"unknown option {name!r} in saved config section {section!r}")
+                cfg.set(name, value)
+        validate(cfg)
+        return cfg
+
+
+SECTIONS = ("vmamba", "td3", "sac", "train")
+_SECTION_TYPES = {"vmamba": VMambaConfig, "td3": TD3Config, "sac": SACConfig, "train": TrainConfig}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+FLAG_SECTION: dict[str, str] = {
+    name: section for section, cls in _SECTION_TYPES.items() for name in _field_names(cls)
+}
+
+ALGORITHMS = ("vmamba_td3", "td3", "hope_sac")
+SCAN_BACKENDS = ("auto", "reference", "chunked", "cpu")
+FUSIONS = ("mlp", "attention")
+IMAGE_ENCODERS = ("cnn", "vmamba")
+AMP_MODES = ("off", "bf16", "fp16")
+
+# Presets: the spec's three configurations, a CPU preset sized by measurement on a 2-core machine
+# (README "Presets"), and HOPE's own SAC hyperparameters.
+PRESETS: dict[str, dict[str, Any]] = {
+    "light": dict(
+        vmamba_hidden_dim=64, vmamba_num_vss_blocks=[2, 2, 4, 2], feature_dim=128, state_feature_dim=128,
+        hidden_dim=256, batch_size=128, seq_len=4, max_timesteps=100000,
+    ),
+    "standard": dict(
+        vmamba_hidden_dim=96, vmamba_num_vss_blocks=[2, 2, 6, 2], feature_dim=256, state_feature_dim=256,
+        hidden_dim=512, batch_size=64, seq_len=4, max_timesteps=500000, actor_lr=3e-4, critic_lr=5e-4,
+    ),
+    "heavy": dict(
+        vmamba_hidden_dim=128, vmamba_num_vss_blocks=[2, 2, 9, 2], feature_dim=512, state_feature_dim=512,
+        hidden_dim=1024, batch_size=32, seq_len=8, vmamba_temporal_layers=2, max_timesteps=1000000,
+        actor_lr=1e-4, critic_lr=2e-4,
+    ),
+    # VMamba v2's d_state 1 / ratio 1 (as accurate, far faster); patch 8 puts 8x8 tokens on a 64x64
+    # frame; sizes chosen with benchmarks/encoder.py and benchmarks/train_speed.py on the 2-core CPU.
+    "cpu": dict(
+        vmamba_patch_size=8, vmamba_hidden_dim=16, vmamba_num_vss_blocks=[1, 1, 1, 1], vmamba_ssm_d_state=1,
+        vmamba_ssm_ratio=1.0, vmamba_mlp_ratio=2.0, vmamba_drop_path_rate=0.0, vmamba_num_heads=2,
+        feature_dim=64, state_feature_dim=32, hidden_dim=128, batch_size=64, seq_len=4,
+        max_timesteps=6000, learning_starts=1000, buffer_size=20000, updates_per_step=0.25,
+        eval_interval=3000, eval_episodes=10, save_interval=3000, level="empty",
+    ),
+    # HOPE's code (reference notes section 6): lr 5e-6, gamma 0.98, batch 32, replay 10240,
+    # initial alpha 0.01, target entropy -2, one update per 10 steps after 10240 random steps.
+    "hope": dict(
+        algorithm_name="hope_sac", env_name="Parking-v0", sac_actor_lr=5e-6, sac_critic_lr=5e-6,
+        sac_alpha_lr=5e-6, gamma=0.98, tau=0.005, batch_size=32, buffer_size=10240, learning_starts=10240,
+        sac_init_alpha=0.01, sac_target_entropy=-2.0, updates_per_step=0.1, fusion="attention", seq_len=1,
+        normalize_keys=["lidar", "target"], embed_size=128,
+    ),
+}
+
+_HELP: dict[str, str] = {
+    "vmamba_patch_size": "stem stride: 4 = two stride-2 3x3 convs (VMamba v2), other powers of 2 = one conv",
+    "vmamba_num_vss_blocks": "VSS blocks in each of the 4 stages",
+    "vmamba_layer_scale_init": "initial LayerScale gamma in VSS blocks; 0 disables it",
+    "scan_backend": "selective-scan implementation: " + ", ".join(SCAN_BACKENDS),
+    "algorithm_name": "one of " + ", ".join(ALGORITHMS),
+    "updates_per_step": "gradient updates per environment step after learning_starts (0.25 = one per 4 steps)",
+    "amp": "mixed precision on CUDA: " + ", ".join(AMP_MODES),
+    "level": "environment level (DroneNav: empty/easy/medium/hard; Parking: easy/normal/complex/extreme)",
+    "share_encoder": "one encoder for actor and critic (critic trains it, actor reads detached features)",
+}
+
+
+def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
+    name = f"--{f.name}"
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    helptext = _HELP.get(f.name, "") + f" (default: {default})"
+    if isinstance(default, bool):
+        parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        return
+    if isinstance(default, list) or f.name == "normalize_keys":
+        elem = str if f.name == "normalize_keys" else (float if default and isinstance(default[0], float) else int)
+        parser.add_argument(name, nargs="+", type=elem, default=None, help=helptext)
+        return
+    if default is None:
+        typ = float if f.name == "sac_target_entropy" else (int if f.name == "torch_threads" else str)
+    else:
+        typ = type(default)
+    parser.add_argument(name, type=typ, default=None, help=helptext)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every config flag (spec names) and ``--preset`` to ``parser``."""
+    parser.add_argument("--preset", default=None, help="one of " + ", ".join(PRESETS))
+    for section, cls in _SECTION_TYPES.items():
+        group = parser.add_argument_group(section)
+        for f in dataclasses.fields(cls):
+            _add_flag(group, f)  # type: ignore[arg-type]
+
+
+def config_from_namespace(ns: argparse.Namespace) -> Config:
+    """Resolve defaults < preset < explicit flags and validate. Raises :class:`ConfigError`."""
+    cfg = Config(preset=ns.preset)
+    if ns.preset is not None:
+        if ns.preset not in PRESETS:
+            raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {ns.preset!r}")
+        for name, value in PRESETS[ns.preset].items():
+            cfg.set(name, list(value) if isinstance(value, list) else value)
+    for name in FLAG_SECTION:
+        value = getattr(ns, name, None)
+        if value is not None:
+            cfg.set(name, value)
+    validate(cfg)
+    return cfg
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Parse a command line into a :class:`Config` (argparse exits with code 2 on bad values)."""
+    parser = argparse.ArgumentParser(prog="vmamba-rl")
+    add_config_arguments(parser)
+    ns = parser.parse_args(argv)
+    try:
+        return config_from_namespace(ns)
+    except ConfigError as e:
+        parser.error(str(e))
+        raise  # unreachable: parser.error exits
+
+
+def make_config(preset: str | None = None, **overrides: Any) -> Config:
+    """Python-side equivalent of ``--preset NAME --flag value ...``."""
+    ns = argparse.Namespace(preset=preset, **{k: None for k in FLAG_SECTION})
+    for k, v in overrides.items():
+        if k not in FLAG_SECTION:
+            raise ConfigError(f"unknown option {k!r}")
+        setattr(ns, k, v)
+    return config_from_namespace(ns)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: Config) -> None:
+    """Check every value; the first bad one raises :class:`ConfigError` naming its flag."""
+    v, t, s, tr = cfg.vmamba, cfg.td3, cfg.sac, cfg.train
+    p = v.vmamba_patch_size
+    _check(p >= 1 and (p & (p - 1)) == 0, f"--vmamba_patch_size must be a power of 2 (1, 2, 4, 8, 16), got {p}")
+    _check(
+        len(v.vmamba_num_vss_blocks) == 4,
+        f"--vmamba_num_vss_blocks needs 4 values (one per stage), got {len(v.vmamba_num_vss_blocks)}: "
+        f"{v.vmamba_num_vss_blocks}",
+    )
+    _check(all(b >= 1 for b in v.vmamba_num_vss_blocks),
+           f"--vmamba_num_vss_blocks values must be >= 1, got {v.vmamba_num_vss_blocks}")
+    for name in ("vmamba_hidden_dim", "vmamba_ssm_d_state", "vmamba_num_heads", "feature_dim",
+                 "state_feature_dim", "hidden_dim"):
+        val = getattr(v, name)
+        _check(val >= 1, f"--{name} must be >= 1, got {val}")
+    _check(v.vmamba_temporal_layers >= 0, f"--vmamba_temporal_layers must be >= 0, got {v.vmamba_temporal_layers}")
+    _check(0.0 <= v.vmamba_drop_path_rate < 1.0,
+           f"--vmamba_drop_path_rate must be in [0, 1), got {v.vmamba_drop_path_rate}")
+    _check(v.vmamba_layer_scale_init >= 0, f"--vmamba_layer_scale_init must be >= 0, got {v.vmamba_layer_scale_init}")
+    for name in ("vmamba_ssm_ratio", "vmamba_mlp_ratio"):
+        val = getattr(v, name)
+        _check(val > 0 and math.isfinite(val), f"--{name} must be > 0, got {val}")
+    _check(v.hidden_dim % v.vmamba_num_heads == 0,
+           f"--vmamba_num_heads must divide --hidden_dim ({v.hidden_dim}), got {v.vmamba_num_heads}; "
+           f"allowed: {[h for h in range(1, v.hidden_dim + 1) if v.hidden_dim % h == 0][:12]}")
+    _check(v.scan_backend in SCAN_BACKENDS, f"--scan_backend must be one of {', '.join(SCAN_BACKENDS)}, "
+           f"got {v.scan_backend!r}")
+    for name in ("actor_lr", "critic_lr", "sac_actor_lr", "sac_critic_lr", "sac_alpha_lr"):
+        val = getattr(t, name, None) if hasattr(t, name) else getattr(s, name)
+        _check(val > 0 and math.isfinite(val), f"--{name} must be a positive learning rate, got {val}")
+    _check(0.0 <= t.gamma <= 1.0, f"--gamma must be in [0, 1], got {t.gamma}")
+    _check(0.0 < t.tau <= 1.0, f"--tau must be in (0, 1], got {t.tau}")
+    _check(t.policy_noise >= 0, f"--policy_noise must be >= 0, got {t.policy_noise}")
+    _check(t.noise_clip >= 0, f"--noise_clip must be >= 0, got {t.noise_clip}")
+    _check(t.policy_freq >= 1, f"--policy_freq must be >= 1, got {t.policy_freq}")
+    _check(t.ou_theta >= 0, f"--ou_theta must be >= 0, got {t.ou_theta}")
+    _check(t.ou_sigma >= 0 and t.ou_sigma_min >= 0,
+           f"--ou_sigma and --ou_sigma_min must be >= 0, got {t.ou_sigma} and {t.ou_sigma_min}")
+    _check(t.ou_sigma_min <= t.ou_sigma, f"--ou_sigma_min ({t.ou_sigma_min}) must be <= --ou_sigma ({t.ou_sigma})")
+    _check(t.grad_clip > 0, f"--grad_clip must be > 0, got {t.grad_clip}")
+    _check(len(t.cnn_channels) >= 1 and all(c >= 1 for c in t.cnn_channels),
+           f"--cnn_channels must be positive channel counts, got {t.cnn_channels}")
+    _check(s.fusion in FUSIONS, f"--fusion must be one of {', '.join(FUSIONS)}, got {s.fusion!r}")
+    _check(s.image_encoder in IMAGE_ENCODERS,
+           f"--image_encoder must be one of {', '.join(IMAGE_ENCODERS)}, got {s.image_encoder!r}")
+    _check(s.sac_init_alpha > 0, f"--sac_init_alpha must be > 0, got {s.sac_init_alpha}")
+    _check(s.embed_size >= 1, f"--embed_size must be >= 1, got {s.embed_size}")
+    _check(s.attention_heads >= 1 and s.attention_dim_head >= 1 and s.attention_depth >= 1,
+           "--attention_heads, --attention_dim_head and --attention_depth must be >= 1")
+    _check(tr.algorithm_name in ALGORITHMS,
+           f"--algorithm_name must be one of {', '.join(ALGORITHMS)}, got {tr.algorithm_name!r}")
+    _check(tr.seq_len >= 1, f"--seq_len must be >= 1, got {tr.seq_len}")
+    _check(tr.batch_size >= 1, f"--batch_size must be >= 1, got {tr.batch_size}")
+    _check(tr.buffer_size > tr.seq_len + 1,
+           f"--buffer_size must exceed --seq_len + 1 ({tr.seq_len + 1}), got {tr.buffer_size}")
+    _check(tr.max_timesteps >= 1, f"--max_timesteps must be >= 1, got {tr.max_timesteps}")
+    _check(tr.learning_starts >= 0, f"--learning_starts must be >= 0, got {tr.learning_starts}")
+    _check(tr.updates_per_step >= 0, f"--updates_per_step must be >= 0, got {tr.updates_per_step}")
+    _check(tr.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {tr.amp!r}")
+    _check(tr.eval_interval >= 0 and tr.eval_episodes >= 0 and tr.save_interval >= 0,
+           "--eval_interval, --eval_episodes and --save_interval must be >= 0")
+    _check(tr.device == "auto" or tr.device.startswith(("cpu", "cuda", "mps")),
+           f"--device must be auto, cpu, cuda or cuda:N, got {tr.device!r}")
+    _check(tr.torch_threads is None or tr.torch_threads >= 1,
+           f"--torch_threads must be >= 1, got {tr.torch_threads}")
