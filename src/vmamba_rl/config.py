@@ -177,34 +177,85 @@ AMP_MODES = ("off", "bf16", "fp16")
 # (README "Presets"), and HOPE's own SAC hyperparameters.
 PRESETS: dict[str, dict[str, Any]] = {
     "light": dict(
-        vmamba_hidden_dim=64, vmamba_num_vss_blocks=[2, 2, 4, 2], feature_dim=128, state_feature_dim=128,
-        hidden_dim=256, batch_size=128, seq_len=4, max_timesteps=100000,
+        vmamba_hidden_dim=64,
+        vmamba_num_vss_blocks=[2, 2, 4, 2],
+        feature_dim=128,
+        state_feature_dim=128,
+        hidden_dim=256,
+        batch_size=128,
+        seq_len=4,
+        max_timesteps=100000,
     ),
     "standard": dict(
-        vmamba_hidden_dim=96, vmamba_num_vss_blocks=[2, 2, 6, 2], feature_dim=256, state_feature_dim=256,
-        hidden_dim=512, batch_size=64, seq_len=4, max_timesteps=500000, actor_lr=3e-4, critic_lr=5e-4,
+        vmamba_hidden_dim=96,
+        vmamba_num_vss_blocks=[2, 2, 6, 2],
+        feature_dim=256,
+        state_feature_dim=256,
+        hidden_dim=512,
+        batch_size=64,
+        seq_len=4,
+        max_timesteps=500000,
+        actor_lr=3e-4,
+        critic_lr=5e-4,
     ),
     "heavy": dict(
-        vmamba_hidden_dim=128, vmamba_num_vss_blocks=[2, 2, 9, 2], feature_dim=512, state_feature_dim=512,
-        hidden_dim=1024, batch_size=32, seq_len=8, vmamba_temporal_layers=2, max_timesteps=1000000,
-        actor_lr=1e-4, critic_lr=2e-4,
+        vmamba_hidden_dim=128,
+        vmamba_num_vss_blocks=[2, 2, 9, 2],
+        feature_dim=512,
+        state_feature_dim=512,
+        hidden_dim=1024,
+        batch_size=32,
+        seq_len=8,
+        vmamba_temporal_layers=2,
+        max_timesteps=1000000,
+        actor_lr=1e-4,
+        critic_lr=2e-4,
     ),
     # VMamba v2's d_state 1 / ratio 1 (as accurate, far faster); patch 8 puts 8x8 tokens on a 64x64
     # frame; sizes chosen with benchmarks/encoder.py and benchmarks/train_speed.py on the 2-core CPU.
     "cpu": dict(
-        vmamba_patch_size=8, vmamba_hidden_dim=16, vmamba_num_vss_blocks=[1, 1, 1, 1], vmamba_ssm_d_state=1,
-        vmamba_ssm_ratio=1.0, vmamba_mlp_ratio=2.0, vmamba_drop_path_rate=0.0, vmamba_num_heads=2,
-        feature_dim=64, state_feature_dim=32, hidden_dim=128, batch_size=64, seq_len=4,
-        max_timesteps=6000, learning_starts=1000, buffer_size=20000, updates_per_step=0.25,
-        eval_interval=3000, eval_episodes=10, save_interval=3000, level="empty",
+        vmamba_patch_size=8,
+        vmamba_hidden_dim=16,
+        vmamba_num_vss_blocks=[1, 1, 1, 1],
+        vmamba_ssm_d_state=1,
+        vmamba_ssm_ratio=1.0,
+        vmamba_mlp_ratio=2.0,
+        vmamba_drop_path_rate=0.0,
+        vmamba_num_heads=2,
+        feature_dim=64,
+        state_feature_dim=32,
+        hidden_dim=128,
+        batch_size=64,
+        seq_len=4,
+        max_timesteps=6000,
+        learning_starts=1000,
+        buffer_size=20000,
+        updates_per_step=0.25,
+        eval_interval=3000,
+        eval_episodes=10,
+        save_interval=3000,
+        level="empty",
     ),
     # HOPE's code (reference notes section 6): lr 5e-6, gamma 0.98, batch 32, replay 10240,
     # initial alpha 0.01, target entropy -2, one update per 10 steps after 10240 random steps.
     "hope": dict(
-        algorithm_name="hope_sac", env_name="Parking-v0", sac_actor_lr=5e-6, sac_critic_lr=5e-6,
-        sac_alpha_lr=5e-6, gamma=0.98, tau=0.005, batch_size=32, buffer_size=10240, learning_starts=10240,
-        sac_init_alpha=0.01, sac_target_entropy=-2.0, updates_per_step=0.1, fusion="attention", seq_len=1,
-        normalize_keys=["lidar", "target"], embed_size=128,
+        algorithm_name="hope_sac",
+        env_name="Parking-v0",
+        sac_actor_lr=5e-6,
+        sac_critic_lr=5e-6,
+        sac_alpha_lr=5e-6,
+        gamma=0.98,
+        tau=0.005,
+        batch_size=32,
+        buffer_size=10240,
+        learning_starts=10240,
+        sac_init_alpha=0.01,
+        sac_target_entropy=-2.0,
+        updates_per_step=0.1,
+        fusion="attention",
+        seq_len=1,
+        normalize_keys=["lidar", "target"],
+        embed_size=128,
     ),
 }
 
@@ -214,7 +265,7 @@ _HELP: dict[str, str] = {
     "vmamba_layer_scale_init": "initial LayerScale gamma in VSS blocks; 0 disables it",
     "scan_backend": "selective-scan implementation: " + ", ".join(SCAN_BACKENDS),
     "algorithm_name": "one of " + ", ".join(ALGORITHMS),
-    "updates_per_step": "gradient updates per environment step after learning_starts (0.25 = one per 4 steps)",
+    "updates_per_step": "gradient updates per env step after learning_starts (0.25 = one per 4 steps)",
     "amp": "mixed precision on CUDA: " + ", ".join(AMP_MODES),
     "level": "environment level (DroneNav: empty/easy/medium/hard; Parking: easy/normal/complex/extreme)",
     "share_encoder": "one encoder for actor and critic (critic trains it, actor reads detached features)",
@@ -229,7 +280,11 @@ def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
         parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         return
     if isinstance(default, list) or f.name == "normalize_keys":
-        elem = str if f.name == "normalize_keys" else (float if default and isinstance(default[0], float) else int)
+        elem = (
+            str
+            if f.name == "normalize_keys"
+            else (float if default and isinstance(default[0], float) else int)
+        )
         parser.add_argument(name, nargs="+", type=elem, default=None, help=helptext)
         return
     if default is None:
@@ -295,30 +350,52 @@ def validate(cfg: Config) -> None:
     """Check every value; the first bad one raises :class:`ConfigError` naming its flag."""
     v, t, s, tr = cfg.vmamba, cfg.td3, cfg.sac, cfg.train
     p = v.vmamba_patch_size
-    _check(p >= 1 and (p & (p - 1)) == 0, f"--vmamba_patch_size must be a power of 2 (1, 2, 4, 8, 16), got {p}")
+    _check(
+        p >= 1 and (p & (p - 1)) == 0, f"--vmamba_patch_size must be a power of 2 (1, 2, 4, 8, 16), got {p}"
+    )
     _check(
         len(v.vmamba_num_vss_blocks) == 4,
         f"--vmamba_num_vss_blocks needs 4 values (one per stage), got {len(v.vmamba_num_vss_blocks)}: "
         f"{v.vmamba_num_vss_blocks}",
     )
-    _check(all(b >= 1 for b in v.vmamba_num_vss_blocks),
-           f"--vmamba_num_vss_blocks values must be >= 1, got {v.vmamba_num_vss_blocks}")
-    for name in ("vmamba_hidden_dim", "vmamba_ssm_d_state", "vmamba_num_heads", "feature_dim",
-                 "state_feature_dim", "hidden_dim"):
+    _check(
+        all(b >= 1 for b in v.vmamba_num_vss_blocks),
+        f"--vmamba_num_vss_blocks values must be >= 1, got {v.vmamba_num_vss_blocks}",
+    )
+    for name in (
+        "vmamba_hidden_dim",
+        "vmamba_ssm_d_state",
+        "vmamba_num_heads",
+        "feature_dim",
+        "state_feature_dim",
+        "hidden_dim",
+    ):
         val = getattr(v, name)
         _check(val >= 1, f"--{name} must be >= 1, got {val}")
-    _check(v.vmamba_temporal_layers >= 0, f"--vmamba_temporal_layers must be >= 0, got {v.vmamba_temporal_layers}")
-    _check(0.0 <= v.vmamba_drop_path_rate < 1.0,
-           f"--vmamba_drop_path_rate must be in [0, 1), got {v.vmamba_drop_path_rate}")
-    _check(v.vmamba_layer_scale_init >= 0, f"--vmamba_layer_scale_init must be >= 0, got {v.vmamba_layer_scale_init}")
+    _check(
+        v.vmamba_temporal_layers >= 0,
+        f"--vmamba_temporal_layers must be >= 0, got {v.vmamba_temporal_layers}",
+    )
+    _check(
+        0.0 <= v.vmamba_drop_path_rate < 1.0,
+        f"--vmamba_drop_path_rate must be in [0, 1), got {v.vmamba_drop_path_rate}",
+    )
+    _check(
+        v.vmamba_layer_scale_init >= 0,
+        f"--vmamba_layer_scale_init must be >= 0, got {v.vmamba_layer_scale_init}",
+    )
     for name in ("vmamba_ssm_ratio", "vmamba_mlp_ratio"):
         val = getattr(v, name)
         _check(val > 0 and math.isfinite(val), f"--{name} must be > 0, got {val}")
-    _check(v.hidden_dim % v.vmamba_num_heads == 0,
-           f"--vmamba_num_heads must divide --hidden_dim ({v.hidden_dim}), got {v.vmamba_num_heads}; "
-           f"allowed: {[h for h in range(1, v.hidden_dim + 1) if v.hidden_dim % h == 0][:12]}")
-    _check(v.scan_backend in SCAN_BACKENDS, f"--scan_backend must be one of {', '.join(SCAN_BACKENDS)}, "
-           f"got {v.scan_backend!r}")
+    _check(
+        v.hidden_dim % v.vmamba_num_heads == 0,
+        f"--vmamba_num_heads must divide --hidden_dim ({v.hidden_dim}), got {v.vmamba_num_heads}; "
+        f"allowed: {[h for h in range(1, v.hidden_dim + 1) if v.hidden_dim % h == 0][:12]}",
+    )
+    _check(
+        v.scan_backend in SCAN_BACKENDS,
+        f"--scan_backend must be one of {', '.join(SCAN_BACKENDS)}, got {v.scan_backend!r}",
+    )
     for name in ("actor_lr", "critic_lr", "sac_actor_lr", "sac_critic_lr", "sac_alpha_lr"):
         val = getattr(t, name, None) if hasattr(t, name) else getattr(s, name)
         _check(val > 0 and math.isfinite(val), f"--{name} must be a positive learning rate, got {val}")
@@ -328,32 +405,53 @@ def validate(cfg: Config) -> None:
     _check(t.noise_clip >= 0, f"--noise_clip must be >= 0, got {t.noise_clip}")
     _check(t.policy_freq >= 1, f"--policy_freq must be >= 1, got {t.policy_freq}")
     _check(t.ou_theta >= 0, f"--ou_theta must be >= 0, got {t.ou_theta}")
-    _check(t.ou_sigma >= 0 and t.ou_sigma_min >= 0,
-           f"--ou_sigma and --ou_sigma_min must be >= 0, got {t.ou_sigma} and {t.ou_sigma_min}")
-    _check(t.ou_sigma_min <= t.ou_sigma, f"--ou_sigma_min ({t.ou_sigma_min}) must be <= --ou_sigma ({t.ou_sigma})")
+    _check(
+        t.ou_sigma >= 0 and t.ou_sigma_min >= 0,
+        f"--ou_sigma and --ou_sigma_min must be >= 0, got {t.ou_sigma} and {t.ou_sigma_min}",
+    )
+    _check(
+        t.ou_sigma_min <= t.ou_sigma,
+        f"--ou_sigma_min ({t.ou_sigma_min}) must be <= --ou_sigma ({t.ou_sigma})",
+    )
     _check(t.grad_clip > 0, f"--grad_clip must be > 0, got {t.grad_clip}")
-    _check(len(t.cnn_channels) >= 1 and all(c >= 1 for c in t.cnn_channels),
-           f"--cnn_channels must be positive channel counts, got {t.cnn_channels}")
+    _check(
+        len(t.cnn_channels) >= 1 and all(c >= 1 for c in t.cnn_channels),
+        f"--cnn_channels must be positive channel counts, got {t.cnn_channels}",
+    )
     _check(s.fusion in FUSIONS, f"--fusion must be one of {', '.join(FUSIONS)}, got {s.fusion!r}")
-    _check(s.image_encoder in IMAGE_ENCODERS,
-           f"--image_encoder must be one of {', '.join(IMAGE_ENCODERS)}, got {s.image_encoder!r}")
+    _check(
+        s.image_encoder in IMAGE_ENCODERS,
+        f"--image_encoder must be one of {', '.join(IMAGE_ENCODERS)}, got {s.image_encoder!r}",
+    )
     _check(s.sac_init_alpha > 0, f"--sac_init_alpha must be > 0, got {s.sac_init_alpha}")
     _check(s.embed_size >= 1, f"--embed_size must be >= 1, got {s.embed_size}")
-    _check(s.attention_heads >= 1 and s.attention_dim_head >= 1 and s.attention_depth >= 1,
-           "--attention_heads, --attention_dim_head and --attention_depth must be >= 1")
-    _check(tr.algorithm_name in ALGORITHMS,
-           f"--algorithm_name must be one of {', '.join(ALGORITHMS)}, got {tr.algorithm_name!r}")
+    _check(
+        s.attention_heads >= 1 and s.attention_dim_head >= 1 and s.attention_depth >= 1,
+        "--attention_heads, --attention_dim_head and --attention_depth must be >= 1",
+    )
+    _check(
+        tr.algorithm_name in ALGORITHMS,
+        f"--algorithm_name must be one of {', '.join(ALGORITHMS)}, got {tr.algorithm_name!r}",
+    )
     _check(tr.seq_len >= 1, f"--seq_len must be >= 1, got {tr.seq_len}")
     _check(tr.batch_size >= 1, f"--batch_size must be >= 1, got {tr.batch_size}")
-    _check(tr.buffer_size > tr.seq_len + 1,
-           f"--buffer_size must exceed --seq_len + 1 ({tr.seq_len + 1}), got {tr.buffer_size}")
+    _check(
+        tr.buffer_size > tr.seq_len + 1,
+        f"--buffer_size must exceed --seq_len + 1 ({tr.seq_len + 1}), got {tr.buffer_size}",
+    )
     _check(tr.max_timesteps >= 1, f"--max_timesteps must be >= 1, got {tr.max_timesteps}")
     _check(tr.learning_starts >= 0, f"--learning_starts must be >= 0, got {tr.learning_starts}")
     _check(tr.updates_per_step >= 0, f"--updates_per_step must be >= 0, got {tr.updates_per_step}")
     _check(tr.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {tr.amp!r}")
-    _check(tr.eval_interval >= 0 and tr.eval_episodes >= 0 and tr.save_interval >= 0,
-           "--eval_interval, --eval_episodes and --save_interval must be >= 0")
-    _check(tr.device == "auto" or tr.device.startswith(("cpu", "cuda", "mps")),
-           f"--device must be auto, cpu, cuda or cuda:N, got {tr.device!r}")
-    _check(tr.torch_threads is None or tr.torch_threads >= 1,
-           f"--torch_threads must be >= 1, got {tr.torch_threads}")
+    _check(
+        tr.eval_interval >= 0 and tr.eval_episodes >= 0 and tr.save_interval >= 0,
+        "--eval_interval, --eval_episodes and --save_interval must be >= 0",
+    )
+    _check(
+        tr.device == "auto" or tr.device.startswith(("cpu", "cuda", "mps")),
+        f"--device must be auto, cpu, cuda or cuda:N, got {tr.device!r}",
+    )
+    _check(
+        tr.torch_threads is None or tr.torch_threads >= 1,
+        f"--torch_threads must be >= 1, got {tr.torch_threads}",
+    )

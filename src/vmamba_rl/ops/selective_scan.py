@@ -78,11 +78,18 @@ def selective_scan_fn(
     Returns y: (Bt, D, L) in u's dtype. Differentiable w.r.t. every tensor argument.
     """
     if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must both be (Bt, D, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
+        raise ValueError(
+            f"u and delta must both be (Bt, D, L); got {tuple(u.shape)} and {tuple(delta.shape)}"
+        )
     if A.dim() != 2 or A.shape[0] != u.shape[1]:
         raise ValueError(f"A must be (D={u.shape[1]}, N); got {tuple(A.shape)}")
     for name, M in (("B", B), ("C", C)):
-        if M.dim() not in (3, 4) or M.shape[0] != u.shape[0] or M.shape[-1] != u.shape[2] or M.shape[-2] != A.shape[1]:
+        if (
+            M.dim() not in (3, 4)
+            or M.shape[0] != u.shape[0]
+            or M.shape[-1] != u.shape[2]
+            or M.shape[-2] != A.shape[1]
+        ):
             raise ValueError(
                 f"{name} must be (Bt, N, L) or (Bt, G, N, L) with Bt={u.shape[0]}, N={A.shape[1]}, "
                 f"L={u.shape[2]}; got {tuple(M.shape)}"

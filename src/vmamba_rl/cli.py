@@ -1,0 +1,156 @@
+"""``vmamba-rl``: train | eval | info | visualize | plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vmamba_rl.config import ConfigError, add_config_arguments, config_from_namespace
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vmamba-rl", description="VMamba-TD3 and HOPE-style SAC for navigation")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an agent (default: VMamba-TD3, cpu preset, DroneNav-v0)")
+    add_config_arguments(t)
+    t.add_argument(
+        "--resume", metavar="RUN_DIR", default=None, help="continue a run from its last checkpoint"
+    )
+    t.add_argument(
+        "--no_save_buffer", action="store_true", help="do not save the replay buffer with checkpoints"
+    )
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint")
+    e.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder")
+    e.add_argument("--episodes", type=int, default=20)
+    e.add_argument("--level", default=None)
+    e.add_argument("--env_name", default=None, help="evaluate in another environment with the same spaces")
+    e.add_argument("--seed", type=int, default=10_000)
+    e.add_argument("--out", default=None, help="folder for eval.json and eval_episodes.csv")
+
+    i = sub.add_parser("info", help="parameter counts and FLOPs for a preset / flags")
+    add_config_arguments(i)
+    i.add_argument("--image_size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
+    return p
+
+
+def _resolve(parser: argparse.ArgumentParser, ns: argparse.Namespace):
+    # `vmamba-rl train` with no flags is the main job on this machine: the cpu preset.
+    if ns.command == "train" and ns.preset is None and ns.resume is None:
+        ns.preset = "cpu"
+    try:
+        return config_from_namespace(ns)
+    except ConfigError as err:
+        parser.error(str(err))
+
+
+def cmd_train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    from vmamba_rl.agents.base import NonFiniteError
+    from vmamba_rl.checkpoint import CheckpointError
+    from vmamba_rl.training import Trainer
+
+    if ns.resume:
+        run_dir = Path(ns.resume)
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.is_file():
+            parser.error(
+                f"--resume {ns.resume}: no config.json there; pass a run folder made by vmamba-rl train"
+            )
+        from vmamba_rl.config import Config
+
+        cfg = Config.from_dict(json.loads(cfg_path.read_text()))
+        # a resumed run may extend its budget or change logging, nothing that changes the networks
+        for flag in ("max_timesteps", "eval_interval", "eval_episodes", "save_interval", "progress"):
+            val = getattr(ns, flag, None)
+            if val is not None:
+                cfg.set(flag, val)
+    else:
+        cfg = _resolve(parser, ns)
+        run_dir = None
+    if ns.no_save_buffer:
+        cfg.set("save_buffer", False)
+    try:
+        trainer = Trainer(cfg, run_dir=run_dir, resume=bool(ns.resume))
+        trainer.run()
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteError:
+        return 1
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    import gymnasium as gym
+
+    from vmamba_rl.agents.vmamba_td3 import make_agent
+    from vmamba_rl.checkpoint import CheckpointError, safe_torch_load
+    from vmamba_rl.config import Config
+    from vmamba_rl.evaluation import evaluate, format_table
+    from vmamba_rl.training import CHECKPOINT, make_env
+
+    path = Path(ns.checkpoint)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    try:
+        state = safe_torch_load(path)
+        cfg = Config.from_dict(state["config"])
+    except (CheckpointError, KeyError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if ns.env_name:
+        cfg.set("env_name", ns.env_name)
+    try:
+        env = make_env(cfg, level=ns.level)
+        agent = make_agent(env, None, cfg)
+        agent.load_state_dict(state, where=repr(str(path)))
+    except (CheckpointError, ValueError, gym.error.Error) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = evaluate(agent, env, ns.episodes, seed=ns.seed)
+    print(f"{cfg.algorithm_name} on {cfg.env_name} (level {ns.level or cfg.level}), checkpoint {path}")
+    print(format_table(summary))
+    out = Path(ns.out) if ns.out else path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    records = summary.pop("records")
+    (out / "eval.json").write_text(json.dumps(summary, indent=2))
+    import csv
+
+    with open(out / "eval_episodes.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=sorted({k for r in records for k in r}))
+        w.writeheader()
+        w.writerows(records)
+    print(f"wrote {out / 'eval.json'} and {out / 'eval_episodes.csv'}")
+    return 0
+
+
+def cmd_info(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
+    from vmamba_rl.info import format_info
+
+    cfg = _resolve(parser, ns)
+    try:
+        print(format_info(cfg, depth_shape=(1, *ns.image_size)))
+    except ValueError as err:
+        parser.error(str(err))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    sub = parser._subparsers._group_actions[0].choices[ns.command]  # type: ignore[union-attr]
+    if ns.command == "train":
+        return cmd_train(sub, ns)
+    if ns.command == "eval":
+        return cmd_eval(ns)
+    if ns.command == "info":
+        return cmd_info(sub, ns)
+    parser.error(f"unknown command {ns.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

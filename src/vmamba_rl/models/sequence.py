@@ -1,0 +1,170 @@
+"""The decision-context stream: StateMLP, FusionMLP, TemporalMamba, CrossAttention, MambaSequenceEncoder.
+
+``MambaSequenceEncoder`` follows the spec's usage (``actor_mamba(visual_feat, state_feat)``): it takes
+per-step visual and state features and returns the context. ``EncoderStream`` is the whole stream of
+one side (actor or critic): depth + base sequences -> context, i.e. the spec's ``_process_sequence``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vmamba_rl.config import VMambaConfig
+from vmamba_rl.models.vmamba import SS2D, VMambaVisualEncoder
+
+
+class StateMLP(nn.Module):
+    """(..., Ds) -> (..., Dsf): Linear -> ReLU -> Linear."""
+
+    def __init__(self, state_dim: int, state_feature_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(state_dim, state_feature_dim),
+            nn.ReLU(),
+            nn.Linear(state_feature_dim, state_feature_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FusionMLP(nn.Module):
+    """cat([visual (B, K, Dv), state (B, K, Dsf)]) -> (B, K, Dh): Linear -> LayerNorm -> ReLU."""
+
+    def __init__(self, visual_dim: int, state_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(visual_dim + state_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.ReLU()
+        )
+
+    def forward(self, visual: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([visual, state], dim=-1))
+
+
+class TemporalMambaBlock(nn.Module):
+    """SS2D over time: (B, K, D) viewed as a (K, 1) grid, ``x + SS2D(LN(x))``.
+
+    Not causal: on a (K, 1) grid SS2D's four directions are two forward and two backward scans over
+    the K steps, so every output step sees the whole window. That is intended: the whole window is
+    observed at decision time, and CrossAttention reads it from the last step.
+    """
+
+    def __init__(self, dim: int, d_state: int = 16, ssm_ratio: float = 2.0, backend: str = "auto") -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.ss2d = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, backend=backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, K, D = x.shape
+        return x + self.ss2d(self.norm(x).view(B, K, 1, D)).view(B, K, D)
+
+
+class TemporalMamba(nn.Module):
+    """L TemporalMambaBlocks, each followed by LayerNorm: (B, K, D) -> (B, K, D). L = 0 is identity."""
+
+    def __init__(
+        self, dim: int, num_layers: int = 1, d_state: int = 16, ssm_ratio: float = 2.0, backend: str = "auto"
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            [TemporalMambaBlock(dim, d_state, ssm_ratio, backend) for _ in range(num_layers)]
+        )
+        self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(num_layers)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block, norm in zip(self.blocks, self.norms, strict=True):
+            x = norm(block(x))
+        return x
+
+
+class CrossAttention(nn.Module):
+    """Pool a sequence into one context: query = last step, keys/values = all K steps.
+
+    forward(x (B, K, D), return_weights) -> context (B, D) [, weights (B, K) averaged over heads].
+    ``last_head_weights`` keeps the per-head weights (B, heads, K) of the last call made with weights.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 4) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide the hidden size ({dim})")
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.last_head_weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False):
+        q = x[:, -1:, :]
+        out, w = self.attn(q, x, x, need_weights=return_weights, average_attn_weights=False)
+        ctx = out.squeeze(1)
+        if not return_weights:
+            return ctx
+        self.last_head_weights = w.squeeze(2).detach()  # (B, heads, K)
+        return ctx, w.squeeze(2).mean(1)
+
+    @torch.no_grad()
+    def get_attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The spec's helper: (B, K, D) -> (B, K) head-averaged weights of the last step over history."""
+        return self.forward(x, return_weights=True)[1]
+
+
+class MambaSequenceEncoder(nn.Module):
+    """(visual (B, K, Dv), state (B, K, Dsf)) -> context (B, Dh).
+
+    FusionMLP -> TemporalMamba -> CrossAttention.
+    """
+
+    def __init__(
+        self,
+        visual_dim: int,
+        state_feature_dim: int,
+        hidden_dim: int,
+        temporal_layers: int = 1,
+        num_heads: int = 4,
+        d_state: int = 16,
+        ssm_ratio: float = 2.0,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.fusion = FusionMLP(visual_dim, state_feature_dim, hidden_dim)
+        self.temporal = TemporalMamba(hidden_dim, temporal_layers, d_state, ssm_ratio, backend)
+        self.cross_attn = CrossAttention(hidden_dim, num_heads)
+
+    def forward(self, visual: torch.Tensor, state: torch.Tensor, return_weights: bool = False):
+        return self.cross_attn(self.temporal(self.fusion(visual, state)), return_weights)
+
+
+class EncoderStream(nn.Module):
+    """One side's whole stream: base (B, K, Ds) + depth (B, K, C, H, W) -> context (B, Dh).
+
+    ``visual`` is a VMambaVisualEncoder (or any module with the same contract, e.g. the CNN baseline).
+    ``forward(..., return_all=True)`` also returns the intermediate features for visualisation.
+    """
+
+    def __init__(self, visual: nn.Module, state_dim: int, vcfg: VMambaConfig) -> None:
+        super().__init__()
+        self.visual = visual
+        self.state = StateMLP(state_dim, vcfg.state_feature_dim)
+        self.mamba = MambaSequenceEncoder(
+            visual.out_features,
+            vcfg.state_feature_dim,
+            vcfg.hidden_dim,
+            vcfg.vmamba_temporal_layers,
+            vcfg.vmamba_num_heads,
+            vcfg.vmamba_ssm_d_state,
+            vcfg.vmamba_ssm_ratio,
+            vcfg.scan_backend,
+        )
+        self.out_features = vcfg.hidden_dim
+
+    @classmethod
+    def vmamba(cls, vcfg: VMambaConfig, state_dim: int, depth_shape: tuple[int, int, int]) -> EncoderStream:
+        C, H, W = depth_shape
+        return cls(VMambaVisualEncoder(vcfg, C, (H, W), vcfg.feature_dim), state_dim, vcfg)
+
+    def forward(self, base: torch.Tensor, depth: torch.Tensor, return_all: bool = False):
+        v = self.visual(depth)  # (B, K, Dv)
+        s = self.state(base.float())  # (B, K, Dsf)
+        if not return_all:
+            return self.mamba(v, s)
+        ctx, w = self.mamba(v, s, return_weights=True)
+        return {"visual": v, "state": s, "context": ctx, "attention": w}
