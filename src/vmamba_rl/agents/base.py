@@ -1,0 +1,205 @@
+"""What every agent offers the training loop, and the pieces all agents share.
+
+The loop talks to agents only through :class:`BaseAgent`: ``act`` on a K-step observation dict (what
+:class:`vmamba_rl.envs.wrappers.SequenceHistory` yields), ``store_transition`` of single-step
+observations into the agent's ``replay_buffer``, ``train(progress_ratio)`` for one gradient update,
+``reset_episode`` at episode starts, and ``state_dict`` / ``load_state_dict`` / ``save`` / ``load``.
+Actions cross the boundary in environment units; inside, agents and replay work in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from vmamba_rl.checkpoint import FORMAT, VERSION, CheckpointError, atomic_torch_save, safe_torch_load
+from vmamba_rl.config import Config
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss, gradient norm or action became NaN or inf; training stops, checkpoints stay."""
+
+
+class ActionScaler:
+    """Per-dimension affine map between [-1, 1] and a Box action space: ``a_env = a * scale + bias``."""
+
+    def __init__(self, space: gym.spaces.Box) -> None:
+        if not isinstance(space, gym.spaces.Box) or not (
+            np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))
+        ):
+            raise ValueError(f"agents need a bounded Box action space, got {space}")
+        self.low = space.low.astype(np.float32)
+        self.high = space.high.astype(np.float32)
+        self.scale = (self.high - self.low) / 2.0
+        self.bias = (self.high + self.low) / 2.0
+
+    def to_env(self, a: np.ndarray) -> np.ndarray:
+        """[-1, 1] -> environment units (clipped to the box)."""
+        return np.clip(np.asarray(a, np.float32) * self.scale + self.bias, self.low, self.high)
+
+    def to_norm(self, a: np.ndarray) -> np.ndarray:
+        """Environment units -> [-1, 1] (clipped)."""
+        return np.clip(
+            (np.asarray(a, np.float32) - self.bias) / np.where(self.scale > 0, self.scale, 1.0), -1, 1
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """``target <- tau * source + (1 - tau) * target`` for every parameter (buffers copied)."""
+    with torch.no_grad():
+        tp = list(target.parameters())
+        sp = list(source.parameters())
+        torch._foreach_lerp_(tp, sp, tau)
+        for tb, sb in zip(target.buffers(), source.buffers(), strict=True):
+            tb.copy_(sb)
+
+
+def check_finite(step: int, **values: float) -> None:
+    """Raise :class:`NonFiniteError` naming the first NaN/inf metric."""
+    for name, v in values.items():
+        if not math.isfinite(v):
+            raise NonFiniteError(
+                f"non-finite {name} = {v} at update {step}; training stopped "
+                "(the last good checkpoint is kept)"
+            )
+
+
+def obs_to_tensor(
+    obs: dict[str, np.ndarray], device: torch.device, batch: bool = True
+) -> dict[str, torch.Tensor]:
+    """Dict of numpy arrays -> dict of tensors on ``device`` (dtype kept: uint8 stays uint8)."""
+    out = {}
+    for k, v in obs.items():
+        t = torch.as_tensor(np.asarray(v), device=device)
+        out[k] = t.unsqueeze(0) if batch else t
+    return out
+
+
+class BaseAgent:
+    """Interface the training loop uses. Subclasses set ``algorithm``, build networks and optimisers."""
+
+    algorithm: str = "base"
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Dict,
+        action_space: gym.spaces.Box,
+        cfg: Config,
+        device: str | torch.device = "auto",
+    ) -> None:
+        from vmamba_rl.replay import SequenceReplayBuffer
+
+        self.cfg = cfg
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.scaler = ActionScaler(action_space)
+        self.action_dim = int(np.prod(action_space.shape))
+        self.seq_len = cfg.seq_len
+        self.total_it = 0
+        self.replay_buffer = SequenceReplayBuffer(
+            cfg.buffer_size, cfg.seq_len, observation_space, self.action_dim, seed=cfg.seed
+        )
+
+    # --- acting ---------------------------------------------------------------------------------
+    def act(self, obs_seq: dict[str, np.ndarray], explore: bool = True) -> np.ndarray:
+        """K-step observation dict (each value (K, ...)) -> action in environment units, shape (A,)."""
+        raise NotImplementedError
+
+    def reset_episode(self) -> None:
+        """Called at every episode start (resets exploration noise state)."""
+
+    # --- learning -------------------------------------------------------------------------------
+    def store_transition(
+        self,
+        obs: dict[str, np.ndarray],
+        action: np.ndarray,
+        reward: float,
+        next_obs: dict[str, np.ndarray],
+        terminated: bool,
+        truncated: bool,
+    ) -> None:
+        """Single-step observations and an environment-unit action into the replay buffer."""
+        self.replay_buffer.add(
+            obs, self.scaler.to_norm(action), float(reward), next_obs, terminated, truncated
+        )
+
+    def train(self, progress_ratio: float = 0.0) -> dict[str, float] | None:
+        """One gradient update from a replay sample; None until the buffer holds a batch."""
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Named networks (online and target) for parameter counts and checkpoints."""
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        """Non-network state (noise, normalisers, temperature...) as plain values."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # --- persistence ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "algorithm": self.algorithm,
+            "config": self.cfg.to_dict(),
+            "obs_shapes": {k: list(s.shape) for k, s in self.observation_space.spaces.items()},
+            "action_dim": self.action_dim,
+            "total_it": self.total_it,
+            "modules": {k: m.state_dict() for k, m in self.modules().items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], where: str = "checkpoint") -> None:
+        """Restore from :meth:`state_dict`; mismatches raise :class:`CheckpointError` naming them."""
+        from vmamba_rl.checkpoint import load_module_state
+
+        if state.get("algorithm") != self.algorithm:
+            raise CheckpointError(
+                f"{where} holds a {state.get('algorithm')!r} agent, but this agent is {self.algorithm!r}"
+            )
+        shapes = {k: list(s.shape) for k, s in self.observation_space.spaces.items()}
+        if state.get("obs_shapes") != shapes or state.get("action_dim") != self.action_dim:
+            raise CheckpointError(
+                f"{where} was trained on observations {state.get('obs_shapes')} / action dim "
+                f"{state.get('action_dim')}, this environment gives {shapes} / {self.action_dim}"
+            )
+        mods = self.modules()
+        if set(state["modules"]) != set(mods):
+            raise CheckpointError(
+                f"{where} has networks {sorted(state['modules'])}, this agent has {sorted(mods)}"
+            )
+        for k, m in mods.items():
+            load_module_state(m, state["modules"][k], f"{self.algorithm} network {k!r}")
+        for k, o in self.optimizers().items():
+            if k in state.get("optimizers", {}):
+                o.load_state_dict(state["optimizers"][k])
+        self.total_it = int(state.get("total_it", 0))
+        self.load_extra_state(state.get("extra", {}))
+
+    def save(self, path: str) -> None:
+        """Atomic checkpoint of weights, optimisers and agent state (no replay buffer)."""
+        atomic_torch_save(self.state_dict(), path)
+
+    def load(self, path: str) -> None:
+        """Load :meth:`save` output (``weights_only=True``)."""
+        self.load_state_dict(safe_torch_load(path, map_location=self.device), where=repr(str(path)))

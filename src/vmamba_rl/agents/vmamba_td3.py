@@ -1,0 +1,365 @@
+"""VMamba-TD3 (the spec's training procedure) and the CNN-encoder TD3 baseline.
+
+Dual stream: the actor and the critic each own an encoder stream (visual encoder + StateMLP +
+MambaSequenceEncoder), each with a target copy. One update:
+
+- critic: ``y = r + gamma * (1 - terminated) * min(Q1', Q2')(s', clip(pi'(s') + clip(eps, -c, c), -1, 1))``
+  with eps ~ N(0, policy_noise^2); both Qs regress on y (MSE sum). Truncated windows bootstrap.
+- every ``policy_freq`` critic updates: actor loss ``-Q1(s_c, pi(s_a))`` with the critic stream frozen,
+  then soft updates of every target module with tau.
+
+Deliberate choice: the actor update reads the critic context computed (without gradient) for the
+critic loss of the same batch instead of re-encoding the batch after the critic step; it saves one
+encoder pass over B*K frames per actor update, and the critic head itself is the updated one.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vmamba_rl.agents.base import BaseAgent, check_finite, obs_to_tensor, soft_update
+from vmamba_rl.config import Config
+from vmamba_rl.exploration import OUNoise
+from vmamba_rl.models.cnn import CNNVisualEncoder
+from vmamba_rl.models.heads import Actor, Critic
+from vmamba_rl.models.sequence import EncoderStream
+from vmamba_rl.models.vmamba import VMambaVisualEncoder
+
+
+def drone_observation_space(base_dim: int, depth_shape: tuple[int, ...]) -> gym.spaces.Dict:
+    """Single-step Dict space ``{"base": (base_dim,) float32, "depth": depth_shape uint8}``."""
+    return gym.spaces.Dict(
+        {
+            "base": gym.spaces.Box(-np.inf, np.inf, (base_dim,), np.float32),
+            "depth": gym.spaces.Box(0, 255, tuple(depth_shape), np.uint8),
+        }
+    )
+
+
+class VMambaTD3Agent(BaseAgent):
+    """TD3 on (base, depth) sequences with VMamba visual encoders (the spec's ``VMambaTD3Agent``)."""
+
+    algorithm = "vmamba_td3"
+
+    def __init__(
+        self,
+        base_dim: int,
+        depth_shape: tuple[int, int, int],
+        action_space: gym.spaces.Box,
+        args: Config,
+        device: str | torch.device | None = None,
+    ) -> None:
+        super().__init__(
+            drone_observation_space(base_dim, depth_shape), action_space, args, device or args.device
+        )
+        torch.manual_seed(args.seed)
+        self.base_dim, self.depth_shape = base_dim, tuple(depth_shape)
+        self._create_networks(args)
+        self._configure_optimizers(args)
+        self.ou_noise = OUNoise(
+            self.action_dim, args.ou_theta, args.ou_sigma, args.ou_sigma_min, seed=args.seed
+        )
+        self._noise_gen = torch.Generator(device=self.device).manual_seed(args.seed + 1)
+        self.gamma, self.tau = args.gamma, args.tau
+        self.policy_noise, self.noise_clip, self.policy_freq = (
+            args.policy_noise,
+            args.noise_clip,
+            args.policy_freq,
+        )
+        self.batch_size, self.grad_clip = args.batch_size, args.grad_clip
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+        if self.amp_dtype is not None and self.device.type != "cuda":
+            self.amp_dtype = None  # autocast is a CUDA feature here; CPU bf16 is slower than fp32 on AVX2
+        self.scaler_amp = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self._last_actor_loss = float("nan")
+
+    # --- construction -----------------------------------------------------------------------------
+    def _make_visual(self, args: Config) -> nn.Module:
+        C, H, W = self.depth_shape
+        return VMambaVisualEncoder(args.vmamba, C, (H, W), args.feature_dim)
+
+    def _create_networks(self, args: Config) -> None:
+        def stream() -> EncoderStream:
+            return EncoderStream(self._make_visual(args), self.base_dim, args.vmamba).to(self.device)
+
+        self.share_encoder = bool(args.share_encoder)
+        self.critic_stream = stream()
+        self.actor_stream = None if self.share_encoder else stream()
+        self.actor = Actor(args.hidden_dim, self.action_dim, args.hidden_dim).to(self.device)
+        self.critic = Critic(args.hidden_dim, self.action_dim, args.hidden_dim).to(self.device)
+        self._create_target_networks()
+
+    def _create_target_networks(self) -> None:
+        self.critic_stream_target = copy.deepcopy(self.critic_stream).requires_grad_(False)
+        self.actor_stream_target = (
+            None if self.share_encoder else copy.deepcopy(self.actor_stream).requires_grad_(False)
+        )
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+
+    def _configure_optimizers(self, args: Config) -> None:
+        actor_params = list(self.actor.parameters())
+        if self.actor_stream is not None:
+            actor_params += list(self.actor_stream.parameters())
+        self.actor_optimizer = torch.optim.Adam(actor_params, lr=args.actor_lr)
+        self.critic_optimizer = torch.optim.Adam(
+            list(self.critic.parameters()) + list(self.critic_stream.parameters()), lr=args.critic_lr
+        )
+
+    def modules(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {
+            "critic_stream": self.critic_stream,
+            "critic_stream_target": self.critic_stream_target,
+            "actor": self.actor,
+            "actor_target": self.actor_target,
+            "critic": self.critic,
+            "critic_target": self.critic_target,
+        }
+        if self.actor_stream is not None:
+            mods["actor_stream"] = self.actor_stream
+            mods["actor_stream_target"] = self.actor_stream_target
+        return mods
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
+
+    def _clip_groups(self, stream: EncoderStream | None, head: nn.Module) -> list[list[nn.Parameter]]:
+        """Per-module gradient clipping groups (the spec clips each sub-network separately)."""
+        groups = [list(head.parameters())]
+        if stream is not None:
+            groups += [
+                list(stream.visual.parameters()),
+                list(stream.state.parameters()),
+                list(stream.mamba.parameters()),
+            ]
+        return groups
+
+    # --- acting -------------------------------------------------------------------------------------
+    def _streams_for_actor(self, target: bool = False) -> EncoderStream:
+        if self.share_encoder:
+            return self.critic_stream_target if target else self.critic_stream
+        return self.actor_stream_target if target else self.actor_stream
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    @torch.no_grad()
+    def select_action(self, base_seq: np.ndarray, depth_seq: np.ndarray, noise: bool = True) -> np.ndarray:
+        """base_seq (K, Ds), depth_seq (K, C, H, W) -> action (A,) in environment units."""
+        base = torch.as_tensor(np.asarray(base_seq, np.float32), device=self.device).unsqueeze(0)
+        depth = torch.as_tensor(np.asarray(depth_seq), device=self.device).unsqueeze(0)
+        stream = self._streams_for_actor()
+        stream.eval()
+        with self._autocast():
+            a = self.actor(stream(base, depth)).float().cpu().numpy()[0]
+        stream.train()
+        if noise:
+            a = a + self.ou_noise.sample()
+        if not np.all(np.isfinite(a)):
+            check_finite(self.total_it, action=float("nan"))
+        return self.scaler.to_env(np.clip(a, -1.0, 1.0))
+
+    def act(self, obs_seq: dict[str, np.ndarray], explore: bool = True) -> np.ndarray:
+        return self.select_action(obs_seq["base"], obs_seq["depth"], noise=explore)
+
+    def reset_episode(self) -> None:
+        self.ou_noise.reset()
+
+    @torch.no_grad()
+    def explain(self, obs_seq: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Features and cross-attention of both streams for one K-step observation (visualisation)."""
+        obs = obs_to_tensor(obs_seq, self.device)
+        out: dict[str, np.ndarray] = {}
+        for side, stream in (("actor", self._streams_for_actor()), ("critic", self.critic_stream)):
+            stream.eval()
+            res = stream(obs["base"], obs["depth"], return_all=True)
+            stream.train()
+            for k, v in res.items():
+                out[f"{side}_{k}"] = v[0].float().cpu().numpy()
+            out[f"{side}_attention_heads"] = stream.mamba.cross_attn.last_head_weights[0].cpu().numpy()
+        out["action"] = (
+            self.actor(
+                res["context"] if self.share_encoder else self._streams_for_actor()(obs["base"], obs["depth"])
+            )[0]
+            .cpu()
+            .numpy()
+        )
+        return out
+
+    # --- learning -------------------------------------------------------------------------------------
+    def batch_to_tensors(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Replay sample (numpy) -> tensors on the device; depth stays uint8 until the encoder."""
+        obs = obs_to_tensor(batch["obs"], self.device, batch=False)
+        return {
+            "base": obs["base"].float(),
+            "depth": obs["depth"],
+            "action": torch.as_tensor(batch["action"], device=self.device, dtype=torch.float32),
+            "reward": torch.as_tensor(batch["reward"], device=self.device, dtype=torch.float32).view(-1, 1),
+            "terminated": torch.as_tensor(batch["terminated"], device=self.device, dtype=torch.float32).view(
+                -1, 1
+            ),
+        }
+
+    def train(self, progress_ratio: float = 0.0) -> dict[str, float] | None:
+        """The spec's ``train``: decay OU sigma, sample a batch, update critic (and actor, delayed)."""
+        self.ou_noise.scale_sigma(progress_ratio)
+        if len(self.replay_buffer) < self.batch_size:
+            return None
+        return self.update(self.batch_to_tensors(self.replay_buffer.sample(self.batch_size)))
+
+    def compute_target(
+        self,
+        next_base: torch.Tensor,
+        next_depth: torch.Tensor,
+        reward: torch.Tensor,
+        terminated: torch.Tensor,
+    ) -> torch.Tensor:
+        """TD3 target with target policy smoothing and clipped double Q. Returns (B, 1)."""
+        with torch.no_grad(), self._autocast():
+            next_state = self.critic_stream_target(next_base, next_depth)
+            next_state_actor = (
+                next_state if self.share_encoder else self.actor_stream_target(next_base, next_depth)
+            )
+            next_action = self.actor_target(next_state_actor).float()
+            eps = torch.randn(next_action.shape, device=self.device, generator=self._noise_gen)
+            noise = (eps * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
+            next_action = (next_action + noise).clamp(-1.0, 1.0)
+            tq1, tq2 = self.critic_target(next_state, next_action)
+            return reward + (1.0 - terminated) * self.gamma * torch.min(tq1, tq2).float()
+
+    def _step(
+        self, loss: torch.Tensor, opt: torch.optim.Optimizer, groups: list[list[nn.Parameter]]
+    ) -> float:
+        opt.zero_grad(set_to_none=True)
+        self.scaler_amp.scale(loss).backward()
+        self.scaler_amp.unscale_(opt)
+        norm = 0.0
+        for g in groups:
+            norm = max(norm, float(torch.nn.utils.clip_grad_norm_(g, self.grad_clip)))
+        self.scaler_amp.step(opt)
+        self.scaler_amp.update()
+        return norm
+
+    def update(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One TD3 update on a tensor batch (base (B, K+1, Ds), depth (B, K+1, C, H, W), ...)."""
+        self.total_it += 1
+        K = b["base"].shape[1] - 1
+        base, depth = b["base"][:, :K], b["depth"][:, :K]
+        target_q = self.compute_target(b["base"][:, 1:], b["depth"][:, 1:], b["reward"], b["terminated"])
+        with self._autocast():
+            state = self.critic_stream(base, depth)
+            q1, q2 = self.critic(state, b["action"])
+            critic_loss = F.mse_loss(q1.float(), target_q) + F.mse_loss(q2.float(), target_q)
+        check_finite(self.total_it, critic_loss=critic_loss.item())
+        cgn = self._step(
+            critic_loss, self.critic_optimizer, self._clip_groups(self.critic_stream, self.critic)
+        )
+        metrics = {
+            "critic_loss": float(critic_loss),
+            "q1": float(q1.mean()),
+            "q2": float(q2.mean()),
+            "target_q": float(target_q.mean()),
+            "critic_grad_norm": cgn,
+            "noise_sigma": float(self.ou_noise.sigma),
+        }
+        if self.total_it % self.policy_freq == 0:
+            metrics.update(self._update_actor(base, depth, state.detach()))
+            self._soft_update_targets()
+        metrics["actor_loss"] = self._last_actor_loss
+        return metrics
+
+    def _update_actor(
+        self, base: torch.Tensor, depth: torch.Tensor, state_critic: torch.Tensor
+    ) -> dict[str, float]:
+        self.critic.requires_grad_(False)  # the critic stream is frozen for the policy gradient
+        try:
+            with self._autocast():
+                state_actor = state_critic if self.share_encoder else self.actor_stream(base, depth)
+                actor_loss = -self.critic.Q1(state_critic, self.actor(state_actor)).float().mean()
+            check_finite(self.total_it, actor_loss=actor_loss.item())
+            agn = self._step(
+                actor_loss, self.actor_optimizer, self._clip_groups(self.actor_stream, self.actor)
+            )
+        finally:
+            self.critic.requires_grad_(True)
+        self._last_actor_loss = float(actor_loss)
+        return {"actor_grad_norm": agn}
+
+    def _soft_update_targets(self) -> None:
+        soft_update(self.critic_target, self.critic, self.tau)
+        soft_update(self.actor_target, self.actor, self.tau)
+        soft_update(self.critic_stream_target, self.critic_stream, self.tau)
+        if self.actor_stream is not None:
+            soft_update(self.actor_stream_target, self.actor_stream, self.tau)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "ou_noise": self.ou_noise.state_dict(),
+            "noise_gen": self._noise_gen.get_state(),
+            "last_actor_loss": self._last_actor_loss,
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "ou_noise" in state:
+            self.ou_noise.load_state_dict(state["ou_noise"])
+        if "noise_gen" in state:
+            self._noise_gen.set_state(state["noise_gen"].cpu())
+        self._last_actor_loss = float(state.get("last_actor_loss", float("nan")))
+
+
+class TD3Agent(VMambaTD3Agent):
+    """The conventional baseline: identical TD3 and sequence handling, a small CNN instead of VMamba."""
+
+    algorithm = "td3"
+
+    def _make_visual(self, args: Config) -> nn.Module:
+        C, H, W = self.depth_shape
+        return CNNVisualEncoder(C, (H, W), args.feature_dim, args.cnn_channels)
+
+
+def make_agent(
+    env: gym.Env, obs: dict[str, np.ndarray] | None, args: Config, device: str | torch.device | None = None
+) -> BaseAgent:
+    """Build the agent named by ``args.algorithm_name`` for ``env`` (single-step or K-step obs both work).
+
+    ``obs`` is accepted for the spec's signature; shapes come from the environment's single-step space.
+    """
+    space = single_step_space(env)
+    if args.algorithm_name in ("vmamba_td3", "td3"):
+        for key in ("base", "depth"):
+            if key not in space.spaces:
+                raise ValueError(
+                    f"{args.algorithm_name} needs Dict observations with 'base' and 'depth'; "
+                    f"{env.spec.id if env.spec else env} gives {sorted(space.spaces)}"
+                )
+        cls = VMambaTD3Agent if args.algorithm_name == "vmamba_td3" else TD3Agent
+        return cls(space["base"].shape[0], space["depth"].shape, env.action_space, args, device)
+    if args.algorithm_name == "hope_sac":
+        from vmamba_rl.agents.sac import HopeSACAgent
+
+        return HopeSACAgent(space, env.action_space, args, device or args.device)
+    raise ValueError(f"unknown algorithm {args.algorithm_name!r}; choose vmamba_td3, td3 or hope_sac")
+
+
+def single_step_space(env: gym.Env) -> gym.spaces.Dict:
+    """The per-step Dict observation space, looking through a SequenceHistory wrapper if present."""
+    from vmamba_rl.envs.wrappers import SequenceHistory
+
+    e = env
+    while isinstance(e, gym.Wrapper):
+        if isinstance(e, SequenceHistory):
+            space = e.env.observation_space
+            break
+        e = e.env
+    else:
+        space = env.observation_space
+    if not isinstance(space, gym.spaces.Dict):
+        raise ValueError(f"agents need a Dict observation space, got {space}")
+    return space
