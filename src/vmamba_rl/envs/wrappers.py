@@ -1,0 +1,93 @@
+"""K-step observation history for sequence agents.
+
+:class:`SequenceHistory` turns each observation into the last ``seq_len`` (K) observations stacked along
+a new leading axis: a Dict ``{"base": (10,), "depth": (1, H, W)}`` becomes ``{"base": (K, 10),
+"depth": (K, 1, H, W)}``, a Box ``(D,)`` becomes ``(K, D)``. At reset the history is filled with K copies
+of the first observation, which is exactly how the replay buffer must pad windows near an episode start
+(so acting and training see the same inputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+def _stack_space(space: spaces.Space, seq_len: int, key: str = "") -> spaces.Box:
+    if not isinstance(space, spaces.Box):
+        where = f" (key {key!r})" if key else ""
+        raise TypeError(f"SequenceHistory supports Box spaces or a Dict of Box spaces, got {space}{where}")
+    low = np.repeat(space.low[None], seq_len, axis=0)
+    high = np.repeat(space.high[None], seq_len, axis=0)
+    return spaces.Box(low, high, (seq_len, *space.shape), space.dtype)
+
+
+class SequenceHistory(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Stack the last ``seq_len`` observations along a new leading axis (every Dict key, or the Box).
+
+    Padding: after ``reset`` all K slots hold the reset observation. Each ``step`` slides the window by
+    one (oldest first, newest at index -1). Returned arrays are fresh copies, safe to store.
+    """
+
+    def __init__(self, env: gym.Env, seq_len: int) -> None:
+        super().__init__(env)
+        if int(seq_len) != seq_len or seq_len < 1:
+            raise ValueError(f"seq_len must be an integer >= 1, got {seq_len}")
+        # Recorded so env.spec can rebuild the wrapped env (check_env and vector envs do this).
+        gym.utils.RecordConstructorArgs.__init__(self, seq_len=seq_len)
+        self.seq_len = int(seq_len)
+        inner = env.observation_space
+        self._is_dict = isinstance(inner, spaces.Dict)
+        if self._is_dict:
+            self.observation_space = spaces.Dict(
+                {k: _stack_space(s, self.seq_len, k) for k, s in inner.spaces.items()}
+            )
+        else:
+            self.observation_space = _stack_space(inner, self.seq_len)
+        self._history: dict[str, np.ndarray] | np.ndarray | None = None
+
+    def _start(self, obs: Any) -> None:
+        if self._is_dict:
+            self._history = {k: np.repeat(np.asarray(v)[None], self.seq_len, axis=0) for k, v in obs.items()}
+        else:
+            self._history = np.repeat(np.asarray(obs)[None], self.seq_len, axis=0)
+
+    def _push(self, obs: Any) -> None:
+        if self._history is None:
+            raise RuntimeError("SequenceHistory: call reset() before step()")
+        buffers = self._history.items() if isinstance(self._history, dict) else [(None, self._history)]
+        for key, buf in buffers:
+            # Shift in place (K is small; cheaper than np.roll, which allocates).
+            buf[:-1] = buf[1:]
+            buf[-1] = obs if key is None else obs[key]
+
+    def _output(self) -> Any:
+        if isinstance(self._history, dict):
+            return {k: v.copy() for k, v in self._history.items()}
+        return self._history.copy()
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._start(obs)
+        return self._output(), info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._push(obs)
+        return self._output(), reward, terminated, truncated, info
+
+
+def last_frame(obs_seq: Mapping[str, np.ndarray] | np.ndarray, time_axis: int = 0) -> Any:
+    """The newest frame of a K-step observation: ``{key: obs[key][-1]}`` (or ``obs[-1]`` for an array).
+
+    ``time_axis=1`` for batched observations ``(N, K, ...)`` from a vector env.
+    """
+    if isinstance(obs_seq, Mapping):
+        return {k: np.take(np.asarray(v), -1, axis=time_axis) for k, v in obs_seq.items()}
+    return np.take(np.asarray(obs_seq), -1, axis=time_axis)
