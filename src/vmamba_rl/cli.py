@@ -34,6 +34,19 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="parameter counts and FLOPs for a preset / flags")
     add_config_arguments(i)
     i.add_argument("--image_size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
+
+    v = sub.add_parser("visualize", help="attention / feature figures and a rollout video of a checkpoint")
+    v.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder")
+    v.add_argument("--episodes", type=int, default=1)
+    v.add_argument("--out", default=None, help="output folder (default: <run folder>/viz)")
+    v.add_argument("--fps", type=float, default=8.0)
+    v.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"), help="video frame")
+    v.add_argument("--max_steps", type=int, default=None, help="truncate episodes after N decisions")
+    v.add_argument("--seed", type=int, default=None, help="first episode seed (default: 10000 + run seed)")
+
+    pl = sub.add_parser("plot", help="learning curves (mean and spread across seeds) from run folders")
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    pl.add_argument("--out", required=True, help="figure file, e.g. curves.png")
     return p
 
 
@@ -50,6 +63,7 @@ def _resolve(parser: argparse.ArgumentParser, ns: argparse.Namespace):
 def cmd_train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     from vmamba_rl.agents.base import NonFiniteError
     from vmamba_rl.checkpoint import CheckpointError
+    from vmamba_rl.envs.errors import SimulatorConnectionError
     from vmamba_rl.training import Trainer
 
     if ns.resume:
@@ -80,6 +94,9 @@ def cmd_train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
         return 2
     except NonFiniteError:
         return 1
+    except SimulatorConnectionError as err:  # an external simulator (AirSim) stayed unreachable
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -148,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_eval(ns)
     if ns.command == "info":
         return cmd_info(sub, ns)
+    if ns.command in ("visualize", "plot"):
+        from vmamba_rl.viz import cmd_plot, cmd_visualize
+
+        return cmd_visualize(ns) if ns.command == "visualize" else cmd_plot(ns)
     parser.error(f"unknown command {ns.command}")
     return 2
 
