@@ -11,6 +11,7 @@ import numpy as np
 METRIC_KEYS = (
     "success_rate",
     "collision_rate",
+    "out_of_bounds_rate",
     "timeout_rate",
     "mean_return",
     "std_return",
@@ -46,6 +47,7 @@ def run_episode(
         "length": length,
         "success": bool(info.get("is_success", False)),
         "collision": bool(info.get("is_collision", False)),
+        "out_of_bounds": bool(info.get("is_out_of_bounds", False)),
         "timeout": bool(info.get("is_timeout", truncated and not terminated)),
         "path_length": path,
         # path efficiency: flown path / straight-line start distance (only meaningful on success)
@@ -70,6 +72,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
         "episodes": len(records),
         "success_rate": float(np.mean([r["success"] for r in records])),
         "collision_rate": float(np.mean([r["collision"] for r in records])),
+        "out_of_bounds_rate": float(np.mean([r["out_of_bounds"] for r in records])),
         "timeout_rate": float(np.mean([r["timeout"] for r in records])),
         "mean_return": float(rets.mean()),
         "std_return": float(rets.std()),

@@ -108,9 +108,11 @@ class VMambaTD3Agent(BaseAgent):
         actor_params = list(self.actor.parameters())
         if self.actor_stream is not None:
             actor_params += list(self.actor_stream.parameters())
-        self.actor_optimizer = torch.optim.Adam(actor_params, lr=args.actor_lr)
+        self.actor_optimizer = torch.optim.Adam(actor_params, lr=args.actor_lr, foreach=True)
         self.critic_optimizer = torch.optim.Adam(
-            list(self.critic.parameters()) + list(self.critic_stream.parameters()), lr=args.critic_lr
+            list(self.critic.parameters()) + list(self.critic_stream.parameters()),
+            lr=args.critic_lr,
+            foreach=True,
         )
 
     def modules(self) -> dict[str, nn.Module]:
@@ -257,14 +259,15 @@ class VMambaTD3Agent(BaseAgent):
             state = self.critic_stream(base, depth)
             q1, q2 = self.critic(state, b["action"])
             critic_loss = F.mse_loss(q1.float(), target_q) + F.mse_loss(q2.float(), target_q)
-        check_finite(self.total_it, critic_loss=critic_loss.item())
+        loss_value = critic_loss.item()
+        check_finite(self.total_it, critic_loss=loss_value)
         cgn = self._step(
             critic_loss, self.critic_optimizer, self._clip_groups(self.critic_stream, self.critic)
         )
         metrics = {
-            "critic_loss": float(critic_loss),
-            "q1": float(q1.mean()),
-            "q2": float(q2.mean()),
+            "critic_loss": loss_value,
+            "q1": q1.detach().float().mean().item(),
+            "q2": q2.detach().float().mean().item(),
             "target_q": float(target_q.mean()),
             "critic_grad_norm": cgn,
             "noise_sigma": float(self.ou_noise.sigma),
@@ -289,7 +292,7 @@ class VMambaTD3Agent(BaseAgent):
             )
         finally:
             self.critic.requires_grad_(True)
-        self._last_actor_loss = float(actor_loss)
+        self._last_actor_loss = actor_loss.item()
         return {"actor_grad_norm": agn}
 
     def _soft_update_targets(self) -> None:

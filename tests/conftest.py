@@ -1,0 +1,54 @@
+"""Shared test helpers: tiny configurations that keep CPU tests fast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vmamba_rl.config import Config, make_config
+
+# Small enough that one update takes milliseconds; the layer logic is the same at every size.
+TINY_AGENT = dict(
+    vmamba_patch_size=8,
+    vmamba_hidden_dim=8,
+    vmamba_num_vss_blocks=[1, 1, 1, 1],
+    vmamba_ssm_d_state=1,
+    vmamba_ssm_ratio=1.0,
+    vmamba_mlp_ratio=2.0,
+    vmamba_drop_path_rate=0.0,
+    vmamba_num_heads=2,
+    feature_dim=16,
+    state_feature_dim=8,
+    hidden_dim=16,
+    batch_size=8,
+    seq_len=3,
+    buffer_size=2000,
+    cnn_channels=[8, 8],
+    progress=False,
+)
+
+
+def tiny_config(tmp_path=None, **overrides) -> Config:
+    """The cpu preset shrunk for tests (DroneNav-v0 empty level), with overrides."""
+    kw = dict(
+        TINY_AGENT,
+        max_timesteps=120,
+        learning_starts=40,
+        eval_interval=0,
+        eval_episodes=0,
+        save_interval=0,
+        level="empty",
+    )
+    if tmp_path is not None:
+        kw["log_dir"] = str(tmp_path)
+    kw.update(overrides)
+    return make_config("cpu", **kw)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # CI's 2 vCPUs behave like one core: more threads only add contention in small tests.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

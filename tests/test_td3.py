@@ -1,0 +1,186 @@
+"""TD3 maths of VMambaTD3Agent against hand computations on tiny networks."""
+
+from __future__ import annotations
+
+import gymnasium as gym  # noqa: I001
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from vmamba_rl.agents.base import ActionScaler, NonFiniteError
+from vmamba_rl.agents.vmamba_td3 import TD3Agent, VMambaTD3Agent, make_agent
+from vmamba_rl.checkpoint import CheckpointError
+from vmamba_rl.training import make_env
+
+ACTION_SPACE = gym.spaces.Box(np.array([0, -0.5, -0.3], np.float32), np.array([2, 0.5, 0.3], np.float32))
+
+
+def make(algo=VMambaTD3Agent, **kw):
+    cfg = tiny_config(scan_backend="chunked", **kw)
+    return algo(10, (1, 64, 64), ACTION_SPACE, cfg, device="cpu")
+
+
+def batch(B=4, K=3, seed=0, terminated=None):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "base": torch.randn(B, K + 1, 10, generator=g),
+        "depth": torch.randint(0, 256, (B, K + 1, 1, 64, 64), generator=g, dtype=torch.uint8),
+        "action": torch.rand(B, 3, generator=g) * 2 - 1,
+        "reward": torch.randn(B, 1, generator=g),
+        "terminated": (
+            torch.tensor(terminated, dtype=torch.float32).view(-1, 1)
+            if terminated is not None
+            else torch.zeros(B, 1)
+        ),
+    }
+
+
+def test_action_scaling_per_dimension():
+    sc = ActionScaler(ACTION_SPACE)
+    assert np.allclose(sc.to_env(np.array([-1, -1, -1])), [0, -0.5, -0.3])
+    assert np.allclose(sc.to_env(np.array([1, 0, 1])), [2, 0, 0.3])
+    a = np.array([0.7, 0.1, -0.2], np.float32)
+    assert np.allclose(sc.to_norm(sc.to_env(a)), a, atol=1e-6)
+
+
+def test_target_is_clipped_double_q_without_bootstrap_on_termination():
+    agent = make(policy_noise=0.0)
+    b = batch(terminated=[0, 1, 0, 1])
+    nb, nd = b["base"][:, 1:], b["depth"][:, 1:]
+    y = agent.compute_target(nb, nd, b["reward"], b["terminated"])
+    with torch.no_grad():
+        s_c = agent.critic_stream_target(nb, nd)
+        s_a = agent.actor_stream_target(nb, nd)
+        a = agent.actor_target(s_a)
+        q1, q2 = agent.critic_target(s_c, a)
+        expect = b["reward"] + 0.99 * (1 - b["terminated"]) * torch.minimum(q1, q2)
+    assert torch.allclose(y, expect, atol=1e-6)
+    assert torch.allclose(y[[1, 3]], b["reward"][[1, 3]])  # terminal rows: reward only
+
+
+def test_target_policy_smoothing_is_clipped():
+    agent = make(policy_noise=10.0, noise_clip=0.05)
+    b = batch()
+    nb, nd = b["base"][:, 1:], b["depth"][:, 1:]
+    with torch.no_grad():
+        s_c = agent.critic_stream_target(nb, nd)
+        a = agent.actor_target(agent.actor_stream_target(nb, nd))
+        lo, hi = (a - 0.05).clamp(-1, 1), (a + 0.05).clamp(-1, 1)
+    seen = []
+    for _ in range(5):
+        y = agent.compute_target(nb, nd, b["reward"], b["terminated"])
+        seen.append(y)
+    # with huge noise the clipped action sits at a +-0.05 corner; the target must match one of those Qs
+    with torch.no_grad():
+        corners = []
+        for sign in torch.cartesian_prod(*[torch.tensor([-1.0, 1.0])] * 3):
+            act = torch.where(sign > 0, hi, lo)
+            q1, q2 = agent.critic_target(s_c, act)
+            corners.append(b["reward"] + 0.99 * torch.minimum(q1, q2))
+        corners = torch.stack(corners)  # (8, B, 1)
+    for y in seen:
+        assert torch.all((corners - y).abs().min(0).values < 1e-5)
+
+
+def test_delayed_actor_and_exact_soft_update():
+    agent = make(policy_freq=2, tau=0.25)
+    b = batch()
+    actor0 = [p.clone() for p in agent.actor.parameters()]
+    tgt0 = [p.clone() for p in agent.actor_target.parameters()]
+    ctgt0 = [p.clone() for p in agent.critic_target.parameters()]
+    m1 = agent.update(b)
+    assert all(torch.equal(a, p) for a, p in zip(actor0, agent.actor.parameters(), strict=True))
+    assert all(torch.equal(a, p) for a, p in zip(tgt0, agent.actor_target.parameters(), strict=True))
+    assert all(torch.equal(a, p) for a, p in zip(ctgt0, agent.critic_target.parameters(), strict=True))
+    assert np.isnan(m1["actor_loss"])
+    critic_before_actor = [p.clone() for p in agent.critic.parameters()]
+    agent.update(b)
+    assert any(not torch.equal(a, p) for a, p in zip(actor0, agent.actor.parameters(), strict=True))
+    for t0, t1, online in zip(tgt0, agent.actor_target.parameters(), agent.actor.parameters(), strict=True):
+        assert torch.allclose(t1, 0.75 * t0 + 0.25 * online, atol=1e-6)
+    # the critic changed only through its own (second) update, never through the actor loss
+    agent2 = make(policy_freq=2, tau=0.25)
+    agent2.load_state_dict(agent.state_dict())
+    assert all(
+        torch.equal(a, p) for a, p in zip(agent.critic.parameters(), agent2.critic.parameters(), strict=True)
+    )
+    assert any(
+        not torch.equal(a, p) for a, p in zip(critic_before_actor, agent.critic.parameters(), strict=True)
+    )
+
+
+def test_actor_update_leaves_critic_untouched():
+    agent = make(policy_freq=1)
+    b = batch()
+    K = 3
+    state = agent.critic_stream(b["base"][:, :K], b["depth"][:, :K]).detach()
+    critic0 = [p.clone() for p in agent.critic.parameters()]
+    stream0 = [p.clone() for p in agent.critic_stream.parameters()]
+    agent._update_actor(b["base"][:, :K], b["depth"][:, :K], state)
+    assert all(torch.equal(a, p) for a, p in zip(critic0, agent.critic.parameters(), strict=True))
+    assert all(torch.equal(a, p) for a, p in zip(stream0, agent.critic_stream.parameters(), strict=True))
+    assert all(p.requires_grad for p in agent.critic.parameters())
+
+
+def test_nan_loss_raises_naming_metric():
+    agent = make()
+    b = batch()
+    b["reward"][0] = float("nan")
+    with pytest.raises(NonFiniteError, match="critic_loss"):
+        agent.update(b)
+
+
+def test_select_action_scaled_and_noise_decays():
+    agent = make()
+    base, depth = np.zeros((3, 10), np.float32), np.zeros((3, 1, 64, 64), np.uint8)
+    a = agent.select_action(base, depth, noise=False)
+    assert a.shape == (3,) and np.all(a >= ACTION_SPACE.low) and np.all(a <= ACTION_SPACE.high)
+    assert np.allclose(a, agent.select_action(base, depth, noise=False))
+    agent.ou_noise.scale_sigma(1.0)
+    assert agent.ou_noise.sigma == pytest.approx(0.01)
+
+
+def test_share_encoder_ablation_has_one_stream():
+    agent = make(share_encoder=True)
+    assert agent.actor_stream is None and "actor_stream" not in agent.modules()
+    stream0 = [p.clone() for p in agent.critic_stream.parameters()]
+    b = batch()
+    K = 3
+    state = agent.critic_stream(b["base"][:, :K], b["depth"][:, :K]).detach()
+    agent._update_actor(b["base"][:, :K], b["depth"][:, :K], state)
+    # the actor reads detached features: the shared encoder is trained by the critic only
+    assert all(torch.equal(a, p) for a, p in zip(stream0, agent.critic_stream.parameters(), strict=True))
+
+
+def test_save_load_same_actions_and_mismatch_errors(tmp_path):
+    agent = make()
+    agent.update(batch())
+    path = tmp_path / "a.pt"
+    agent.save(str(path))
+    other = make()
+    other.load(str(path))
+    base, depth = (
+        np.random.rand(3, 10).astype(np.float32),
+        np.random.randint(0, 255, (3, 1, 64, 64), np.uint8),
+    )
+    assert np.array_equal(agent.select_action(base, depth, False), other.select_action(base, depth, False))
+    with pytest.raises(CheckpointError, match="holds a 'vmamba_td3' agent, but this agent is 'td3'"):
+        make(TD3Agent).load(str(path))
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        make(hidden_dim=32).load(str(path))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        other.load(str(tmp_path / "bad.pt"))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a vmamba-rl checkpoint"):
+        other.load(str(tmp_path / "foreign.pt"))
+
+
+def test_make_agent_from_env_and_unknown_algorithm():
+    cfg = tiny_config(algorithm_name="td3")
+    env = make_env(cfg)
+    agent = make_agent(env, None, cfg)
+    assert isinstance(agent, TD3Agent)
+    obs, _ = env.reset(seed=0)
+    assert env.action_space.contains(agent.act(obs, explore=True))
