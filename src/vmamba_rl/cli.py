@@ -51,8 +51,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _resolve(parser: argparse.ArgumentParser, ns: argparse.Namespace):
-    # `vmamba-rl train` with no flags is the main job on this machine: the cpu preset.
-    if ns.command == "train" and ns.preset is None and ns.resume is None:
+    # `vmamba-rl train` without a preset is the main job on this machine: the cpu preset, for the drone
+    # task with the TD3 family (HOPE's SAC and other environments keep the plain defaults).
+    if (
+        ns.command == "train"
+        and ns.preset is None
+        and ns.resume is None
+        and ns.algorithm_name in (None, "vmamba_td3", "td3")
+        and ns.env_name in (None, "DroneNav-v0")
+    ):
         ns.preset = "cpu"
     try:
         return config_from_namespace(ns)

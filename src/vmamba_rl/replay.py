@@ -20,6 +20,11 @@ Wrap-around policy: once the ring wraps, the oldest stored episode may have lost
 Its transitions whose window would need an overwritten frame are *rejected* (never sampled, not
 counted by ``len``) rather than padded with the oldest surviving frame, because such a padded window
 is one acting never saw. At most K - 1 transitions are affected at any time.
+
+Discarding: :meth:`SequenceReplayBuffer.discard_episode` rolls the write position back to the start of
+the current unfinished episode (a simulator fault broke it), so none of its frames is ever sampled and
+its slots are reused. Frames it had already overwritten stay lost: the buffer keeps a floor, the absolute
+index below which frames are gone although the ring alone would still count them as stored.
 """
 
 from __future__ import annotations
@@ -119,6 +124,9 @@ class SequenceReplayBuffer:
         self._open = False  # the newest frame ends an episode that the next add() may continue
         self._current_episode_start = 0
         self._num_transitions = 0  # slots with has_action among the stored frames
+        # Absolute index below which frames are lost even if the ring has not wrapped past them: a
+        # discarded episode overwrote them before it was rolled back (see discard_episode).
+        self._floor = 0
         self._rng = np.random.Generator(np.random.PCG64(seed))
 
     # ------------------------------------------------------------------ writing
@@ -161,6 +169,33 @@ class SequenceReplayBuffer:
         """Close the current episode without a flag, so the next add() starts a new one."""
         self._open = False
 
+    def discard_episode(self) -> int:
+        """Remove the current unfinished episode (every frame since its reset frame) from the buffer.
+
+        For an episode a simulator fault broke: its transitions must never be sampled. The write
+        position rolls back to the episode's first frame, so the next :meth:`add` starts a new episode
+        in the same slots. Older frames the broken episode had overwritten (after the ring wrapped) are
+        not restored; they stay unsamplable. Does nothing when no episode is open (the last one ended
+        with a terminated/truncated flag or :meth:`end_episode`, or nothing was added since).
+
+        Returns the number of transitions removed.
+        """
+        if not self._open:
+            return 0
+        start, end = self._current_episode_start, self._t
+        # An episode longer than the ring fills every slot (each counted once).
+        slots = np.arange(start, min(end, start + self.capacity), dtype=np.int64) % self.capacity
+        removed = int(np.count_nonzero(self._has_action[slots]))
+        self._has_action[slots] = False
+        self._num_transitions -= removed
+        # Absolute frames below end - capacity were overwritten by this episode; after the rollback the
+        # ring would count them as stored again, so the floor keeps them out. An episode longer than
+        # the ring leaves nothing stored (floor = start).
+        self._floor = min(max(self._floor, end - self.capacity), start)
+        self._t = start
+        self._open = False
+        return removed
+
     def _check_obs(self, obs: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
         """Validate keys and shapes; cast to the stored dtype (same-kind casts only: no float->uint8)."""
         if set(obs.keys()) != set(self._shapes):
@@ -199,7 +234,7 @@ class SequenceReplayBuffer:
     @property
     def _oldest(self) -> int:
         """Absolute index of the oldest frame still stored."""
-        return max(self._t - self.capacity, 0)
+        return max(self._t - self.capacity, self._floor)
 
     def _is_valid(self, a: np.ndarray) -> np.ndarray:
         """Absolute indices (any shape) -> bool: a stored transition whose whole window is stored."""
@@ -220,8 +255,8 @@ class SequenceReplayBuffer:
 
     @property
     def frames_stored(self) -> int:
-        """Number of occupied frame slots."""
-        return min(self._t, self.capacity)
+        """Number of stored frames (occupied slots whose frame is still valid)."""
+        return self._t - self._oldest
 
     def _to_absolute(self, slots: np.ndarray) -> np.ndarray:
         oldest = self._oldest
@@ -329,8 +364,10 @@ class SequenceReplayBuffer:
 
     def state_dict(self) -> dict:
         """Copies of the occupied rows plus counters and the sampling RNG: numpy arrays and ints only."""
-        stored = self.frames_stored
-        d: dict = {k: v[:stored].copy() for k, v in self._arrays().items()}
+        # Rows [0, min(t, capacity)) are the slots ever written; after discard_episode some of them may
+        # lie below the floor, which is saved too.
+        written = min(self._t, self.capacity)
+        d: dict = {k: v[:written].copy() for k, v in self._arrays().items()}
         d.update(
             format_version=_FORMAT_VERSION,
             capacity=self.capacity,
@@ -340,6 +377,7 @@ class SequenceReplayBuffer:
             open=int(self._open),
             current_episode_start=self._current_episode_start,
             num_transitions=self._num_transitions,
+            floor=self._floor,
             rng_state=_rng_state_to_array(self._rng),
         )
         return d
@@ -386,6 +424,8 @@ class SequenceReplayBuffer:
         self._open = bool(scalar("open"))
         self._current_episode_start = scalar("current_episode_start")
         self._num_transitions = scalar("num_transitions")
+        # Files written before discard_episode existed have no floor: nothing was ever discarded.
+        self._floor = scalar("floor") if "floor" in d else 0
         self._rng.bit_generator.state = _rng_state_from_array(d["rng_state"])
 
     def save(self, path: str | os.PathLike) -> None:

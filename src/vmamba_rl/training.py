@@ -83,6 +83,7 @@ EPISODE_FIELDS = [
     "length",
     "success",
     "collision",
+    "out_of_bounds",
     "timeout",
     "path_length",
     "time",
@@ -92,6 +93,7 @@ EVAL_FIELDS = [
     "episodes",
     "success_rate",
     "collision_rate",
+    "out_of_bounds_rate",
     "timeout_rate",
     "mean_return",
     "std_return",
@@ -175,10 +177,10 @@ class Trainer:
             "python_rng": json.dumps(random.getstate()),
         }
 
-    def save_checkpoint(self) -> Path:
-        """Atomic ``checkpoint.pt`` (and ``replay.npz`` unless save_buffer is off). Call at episode ends."""
+    def save_checkpoint(self, mid_episode: bool = False) -> Path:
+        """Atomic ``checkpoint.pt`` + ``replay.npz`` (unless save_buffer is off), normally at episode end."""
         state = self.agent.state_dict()
-        state["loop"] = self._loop_state()
+        state["loop"] = self._loop_state() | {"mid_episode": mid_episode}
         if self.cfg.save_buffer:
             self.agent.replay_buffer.save(str(self.run_dir / REPLAY))
         path = self.run_dir / CHECKPOINT
@@ -202,6 +204,8 @@ class Trainer:
         replay = self.run_dir / REPLAY
         if replay.exists():
             self.agent.replay_buffer.load(str(replay))
+            if loop.get("mid_episode", False):
+                self.agent.replay_buffer.end_episode()
         elif self.cfg.save_buffer:
             print(f"warning: {replay} not found; resuming with an empty replay buffer")
 
@@ -226,8 +230,12 @@ class Trainer:
         self.last_eval = summary
         return summary
 
-    def run(self) -> dict[str, Any] | None:
-        """Train until ``max_timesteps``; returns the final evaluation summary (None if eval is off)."""
+    def run(self, stop_at: int | None = None) -> dict[str, Any] | None:
+        """Train until ``max_timesteps``; returns the final evaluation summary (None if eval is off).
+
+        Ctrl-C (or reaching ``stop_at`` steps, the same path used by tests) finishes the current
+        episode, saves a checkpoint at that boundary and returns None; ``--resume`` continues exactly.
+        """
         cfg, agent = self.cfg, self.agent
         if not self.quiet:
             print(f"run folder: {self.run_dir}")
@@ -244,8 +252,52 @@ class Trainer:
             interrupted = True
 
         old = signal.signal(signal.SIGINT, _sigint) if _in_main_thread() else None
-        obs, info = self.env.reset(seed=self._new_seed())
-        agent.reset_episode()
+        from vmamba_rl.envs.errors import SimulatorConnectionError
+
+        # A simulator fault (SimulatorConnectionError from env.reset / env.step: AirSim stopped answering,
+        # dropped the connection, sent a malformed image) must not poison training: the broken episode
+        # leaves replay, the last checkpoint stays as it is, and the loop reconnects (the environment
+        # retries with backoff) and starts a new episode. After max_sim_faults faults in a row without a
+        # successful step it stops with a SimulatorConnectionError (the CLI exits with code 3).
+        max_sim_faults, sim_faults = 3, 0
+
+        def _new_episode(err: SimulatorConnectionError | None = None) -> tuple[Any, dict[str, Any]]:
+            nonlocal sim_faults, ep_ret, ep_len
+            while True:
+                if err is not None:
+                    dropped = agent.replay_buffer.discard_episode()
+                    ep_ret, ep_len = 0.0, 0
+                    sim_faults += 1
+                    reconnect = getattr(self.env.unwrapped, "reconnect", None)
+                    if sim_faults > max_sim_faults or reconnect is None:
+                        ckpt = self.run_dir / CHECKPOINT
+                        last = (
+                            f"the last checkpoint {ckpt} is unchanged; continue with --resume {self.run_dir}"
+                            if ckpt.exists()
+                            else "no checkpoint had been saved yet"
+                        )
+                        raise SimulatorConnectionError(
+                            f"simulator unavailable, training stopped at step {self.step} after "
+                            f"{sim_faults} fault(s) in a row ({err}); {last}"
+                        ) from err
+                    if not self.quiet:
+                        print(
+                            f"\nwarning: {err}\n  discarded the broken episode ({dropped} transitions); "
+                            f"reconnecting (attempt {sim_faults} of {max_sim_faults})"
+                        )
+                    try:
+                        reconnect()
+                    except SimulatorConnectionError as e:
+                        err = e
+                        continue
+                try:
+                    new_obs, new_info = self.env.reset(seed=self._new_seed())
+                except SimulatorConnectionError as e:
+                    err = e
+                    continue
+                agent.reset_episode()
+                return new_obs, new_info
+
         ep_ret, ep_len, n_updates, t0, step0 = 0.0, 0, 0, time.time(), self.step
         next_save = (
             (self.step // cfg.save_interval + 1) * cfg.save_interval if cfg.save_interval else math.inf
@@ -254,12 +306,18 @@ class Trainer:
             (self.step // cfg.eval_interval + 1) * cfg.eval_interval if cfg.eval_interval else math.inf
         )
         try:
+            obs, info = _new_episode()
             while self.step < cfg.max_timesteps:
                 if self.step < cfg.learning_starts:
                     action = self.env.action_space.sample()
                 else:
                     action = agent.act(obs, explore=True)
-                next_obs, reward, terminated, truncated, info = self.env.step(action)
+                try:
+                    next_obs, reward, terminated, truncated, info = self.env.step(action)
+                except SimulatorConnectionError as e:
+                    obs, info = _new_episode(e)
+                    continue
+                sim_faults = 0
                 agent.store_transition(
                     last_frames(obs), action, reward, last_frames(next_obs), terminated, truncated
                 )
@@ -281,6 +339,8 @@ class Trainer:
                         self._pause(False)
                 if pbar is not None:
                     pbar.update(1)
+                if stop_at is not None and self.step >= stop_at:
+                    interrupted = True
                 if terminated or truncated:
                     self._end_episode(ep_ret, ep_len, info)
                     if pbar is not None:
@@ -294,19 +354,19 @@ class Trainer:
                         self.save_checkpoint()
                     if interrupted:
                         break
-                    obs, info = self.env.reset(seed=self._new_seed())
-                    agent.reset_episode()
+                    obs, info = _new_episode()
             if pbar is not None:
                 pbar.close()
             if interrupted:
-                print(
-                    f"\ninterrupted at step {self.step}: checkpoint saved in {self.run_dir}; "
-                    f"continue with --resume {self.run_dir}"
-                )
+                if not self.quiet:
+                    print(
+                        f"\ninterrupted at step {self.step}: checkpoint saved in {self.run_dir}; "
+                        f"continue with --resume {self.run_dir}"
+                    )
                 return None
-            # the final checkpoint is taken at a boundary: the loop only exits between episodes or at the
-            # budget; at the budget the unfinished episode is dropped from the continuation.
-            self.save_checkpoint()
+            # At the budget the episode may be unfinished: the checkpoint says so, and a resumed run with a
+            # larger budget closes it in replay and starts a fresh episode.
+            self.save_checkpoint(mid_episode=ep_len > 0)
             final = self.evaluate() if cfg.eval_episodes > 0 else None
             if final is not None and not self.quiet:
                 print(f"\nfinal evaluation after {self.step} steps ({cfg.eval_episodes} episodes):")
@@ -331,6 +391,7 @@ class Trainer:
             "length": ep_len,
             "success": int(bool(info.get("is_success", False))),
             "collision": int(bool(info.get("is_collision", False))),
+            "out_of_bounds": int(bool(info.get("is_out_of_bounds", False))),
             "timeout": int(bool(info.get("is_timeout", False))),
             "path_length": float(info.get("path_length", float("nan"))),
             "time": time.time(),

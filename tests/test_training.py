@@ -1,0 +1,158 @@
+"""The training loop and CLI end to end: run folder, logs, checkpoints, exact resume, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from vmamba_rl.agents.base import NonFiniteError
+from vmamba_rl.checkpoint import safe_torch_load
+from vmamba_rl.cli import main
+from vmamba_rl.training import CHECKPOINT, REPLAY, Trainer
+
+
+def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {
+        f"{m}.{k}": v.clone()
+        for m, mod in trainer.agent.modules().items()
+        for k, v in mod.state_dict().items()
+    }
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    kw = dict(max_timesteps=100, learning_starts=30, updates_per_step=0.25, seed=7, scan_backend="chunked")
+    full = Trainer(tiny_config(tmp_path / "a", run_name="full", **kw), quiet=True)
+    full.run()
+    ref = _params(full)
+
+    part = Trainer(tiny_config(tmp_path / "b", run_name="part", **kw), quiet=True)
+    assert part.run(stop_at=50) is None  # stops at the first episode end after step 50
+    stopped_at = part.step
+    assert 50 <= stopped_at < 100
+    resumed = Trainer(
+        tiny_config(tmp_path / "b", run_name="part", **kw), run_dir=part.run_dir, resume=True, quiet=True
+    )
+    assert resumed.step == stopped_at
+    resumed.run()
+    assert resumed.step == 100
+    got = _params(resumed)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+
+def test_cli_train_then_eval_end_to_end(tmp_path, capsys):
+    argv = [
+        "train",
+        "--preset",
+        "cpu",
+        "--level",
+        "empty",
+        "--max_timesteps",
+        "90",
+        "--learning_starts",
+        "30",
+        "--batch_size",
+        "8",
+        "--seq_len",
+        "2",
+        "--vmamba_hidden_dim",
+        "8",
+        "--feature_dim",
+        "16",
+        "--state_feature_dim",
+        "8",
+        "--hidden_dim",
+        "16",
+        "--eval_interval",
+        "45",
+        "--eval_episodes",
+        "2",
+        "--save_interval",
+        "40",
+        "--log_dir",
+        str(tmp_path),
+        "--run_name",
+        "r",
+        "--no-progress",
+        "--scan_backend",
+        "chunked",
+        "--updates_per_step",
+        "0.5",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "final evaluation after 90 steps" in out and "success_rate" in out
+    run = tmp_path / "r"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["max_timesteps"] == 90 and cfg["vmamba"]["vmamba_hidden_dim"] == 8
+    episodes = list(csv.DictReader(open(run / "episodes.csv")))
+    assert episodes and all(int(e["length"]) >= 1 for e in episodes)
+    assert sum(int(e["length"]) for e in episodes) <= 90
+    evals = list(csv.DictReader(open(run / "eval.csv")))
+    assert len(evals) >= 2 and all(0.0 <= float(e["success_rate"]) <= 1.0 for e in evals)
+    assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
+    updates = list(csv.DictReader(open(run / "updates.csv")))
+    assert all(float(u["critic_loss"]) >= 0 for u in updates)
+    state = safe_torch_load(run / CHECKPOINT)
+    assert state["loop"]["step"] == 90 and state["algorithm"] == "vmamba_td3"
+    assert (run / REPLAY).is_file()
+
+    assert main(["eval", "--checkpoint", str(run), "--episodes", "2", "--out", str(tmp_path / "ev")]) == 0
+    res = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert res["episodes"] == 2 and 0.0 <= res["success_rate"] <= 1.0
+    assert (tmp_path / "ev" / "eval_episodes.csv").is_file()
+
+
+def test_eval_rejects_corrupt_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"\x00garbage")
+    assert main(["eval", "--checkpoint", str(bad)]) == 2
+    assert "corrupt or not a vmamba-rl checkpoint" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_needs_a_run_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", str(tmp_path / "nothing")])
+    assert exc.value.code == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_unknown_environment_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot make environment 'NoSuchEnv-v0'.*DroneNav-v0"):
+        Trainer(tiny_config(tmp_path, env_name="NoSuchEnv-v0"), quiet=True)
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(
+        tmp_path,
+        run_name="nan",
+        max_timesteps=400,
+        learning_starts=20,
+        save_interval=25,
+        updates_per_step=0.5,
+        scan_backend="chunked",
+    )
+    tr = Trainer(cfg, quiet=True)
+    real_update = tr.agent.update
+    calls = {"n": 0}
+
+    def poisoned(b):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            b["reward"] = b["reward"] * float("nan")
+        return real_update(b)
+
+    monkeypatch.setattr(tr.agent, "update", poisoned)
+    with pytest.raises(NonFiniteError, match="non-finite critic_loss"):
+        tr.run()
+    ck = safe_torch_load(Path(tr.run_dir) / CHECKPOINT)
+    assert 0 < ck["loop"]["step"] < 400
+    assert all(torch.isfinite(v).all() for v in ck["modules"]["critic"].values())
