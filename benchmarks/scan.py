@@ -1,0 +1,216 @@
+"""Selective-scan backends side by side: reference loop, chunked torch, fused numba cpu kernel.
+
+    python benchmarks/scan.py                 # full grid (reference at L=1024, N=16 takes minutes)
+    python benchmarks/scan.py --skip-slow     # full grid without the reference at L=1024, N=16
+    python benchmarks/scan.py --quick         # D=128 per direction, L=256, N in {1, 16}
+
+Inputs as SS2D makes them: 4 directions (G = 4 groups) of D channels each, Mamba's init (A = -(1..N),
+dt bias = inverse softplus of a log-uniform draw in [1e-3, 0.1]), float32. Every backend sees the same
+tensors. "fwd" is a forward under no_grad (inference); "fwd+bwd" a forward with autograd plus the gradients
+of all seven inputs. Times are the median of the warm repeats, divided by the number of images. The
+reference runs on fewer images and repeats (it is 1-3 orders of magnitude slower; per-image time is what
+is compared). Cold start: the first cpu call in a fresh process, once compiling from scratch (empty numba
+cache) and once loading the cached machine code (what every later run pays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from vmamba_rl.ops.scan_chunked import selective_scan_chunked
+from vmamba_rl.ops.scan_reference import selective_scan_ref
+from vmamba_rl.runtime import configure_cpu
+
+DIRECTIONS = 4
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_inputs(n_img: int, d: int, L: int, N: int, seed: int = 0) -> list[torch.Tensor]:
+    """u, delta (n, 4d, L); A (4d, N); B, C (n, 4, N, L); D, delta_bias (4d,) with Mamba's init."""
+    g = torch.Generator().manual_seed(seed)
+    ch = DIRECTIONS * d
+    u = torch.randn(n_img, ch, L, generator=g)
+    delta = torch.randn(n_img, ch, L, generator=g) * 0.1
+    A = -torch.arange(1, N + 1, dtype=torch.float32).repeat(ch, 1)
+    B = torch.randn(n_img, DIRECTIONS, N, L, generator=g)
+    C = torch.randn(n_img, DIRECTIONS, N, L, generator=g)
+    Dv = torch.ones(ch)
+    dt = torch.exp(torch.rand(ch, generator=g) * math.log(100.0) + math.log(1e-3))
+    bias = dt + torch.log(-torch.expm1(-dt))
+    return [u, delta, A, B, C, Dv, bias]
+
+
+_clock = time.perf_counter
+
+
+def time_backend(fn, ins: list[torch.Tensor], bwd: bool, repeats: int, warmup: int = 1) -> float:
+    """Median seconds per call over ``repeats`` warm calls (wall clock, or process CPU time)."""
+    if bwd:
+        leaves = [t.detach().requires_grad_() for t in ins]
+        dy = torch.randn(ins[0].shape, generator=torch.Generator().manual_seed(1))
+
+        def call():
+            y = fn(*leaves)
+            torch.autograd.grad(y, leaves, dy)
+
+    else:
+        plain = [t.detach() for t in ins]
+
+        def call():
+            with torch.no_grad():
+                fn(*plain)
+
+    for _ in range(warmup):
+        call()
+    ts = []
+    for _ in range(repeats):
+        t0 = _clock()
+        call()
+        ts.append(_clock() - t0)
+    return statistics.median(ts)
+
+
+_COLD_SNIPPET = """
+import time, torch
+t0 = time.perf_counter()
+from vmamba_rl.runtime import configure_cpu
+configure_cpu({threads})
+from vmamba_rl.ops.scan_cpu import selective_scan_cpu
+n, L, N = 512, 256, {N}
+ins = [torch.randn(1, n, L), torch.randn(1, n, L) * 0.1, -torch.arange(1.0, N + 1).repeat(n, 1),
+       torch.randn(1, 4, N, L), torch.randn(1, 4, N, L), torch.ones(n), torch.full((n,), -3.0)]
+ins = [t.requires_grad_() for t in ins]
+y = selective_scan_cpu(*ins); y.sum().backward()
+t_first = time.perf_counter() - t0
+ts = []
+for _ in range(5):
+    t1 = time.perf_counter()
+    y = selective_scan_cpu(*ins); y.sum().backward()
+    ts.append(time.perf_counter() - t1)
+print(t_first, min(ts))
+"""
+
+
+def cold_start(N: int, threads: int | None) -> tuple[float, float, float]:
+    """(compile from scratch, load from cache, warm) seconds for the first fwd+bwd in a new process."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for _ in range(2):  # 1st: empty cache -> compile; 2nd: cached
+            r = subprocess.run(
+                [sys.executable, "-c", _COLD_SNIPPET.format(N=N, threads=threads)],
+                env=env,
+                cwd=root,
+                capture_output=True,
+                text=True,
+            )
+            if r.returncode != 0:
+                raise RuntimeError(r.stderr)
+            out.append([float(x) for x in r.stdout.split()])
+    return out[0][0], out[1][0], out[1][1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="only D=128 per direction, L=256, N in {1, 16}")
+    ap.add_argument("--skip-slow", action="store_true", help="skip the reference at L=1024, N=16")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold-start measurement (2 subprocesses)")
+    ap.add_argument("--threads", type=int, default=None, help="torch/numba threads (default: os.cpu_count())")
+    ap.add_argument("--repeats", type=int, default=5, help="warm repeats for chunked and cpu")
+    ap.add_argument("--ref-repeats", type=int, default=1, help="warm repeats for the reference")
+    ap.add_argument(
+        "--elems", type=int, default=1 << 20, help="images per call = elems / (4 D L), clamped to [1, 32]"
+    )
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="measure process CPU time instead of wall time: on a machine shared with other jobs and with "
+        "--threads 1 it approximates the uncontended wall time (with more threads it sums over them)",
+    )
+    args = ap.parse_args(argv)
+    global _clock
+    _clock = time.process_time if args.cpu_time else time.perf_counter
+
+    info = configure_cpu(args.threads)
+    from vmamba_rl.ops.scan_cpu import check_available, selective_scan_cpu
+
+    check_available()
+    import numba
+
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs)")
+    print(
+        f"torch {torch.__version__}, numba {numba.__version__}, python {platform.python_version()}; "
+        f"threads torch={info['torch_threads']} numba={info['numba_threads']}; "
+        f"malloc={info['malloc'] or 'default'}"
+    )
+    if hasattr(os, "getloadavg"):  # other processes on the machine distort wall-clock times
+        print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+    if not args.no_cold:
+        for N in (1, 16):
+            comp, cached, warm = cold_start(N, info["torch_threads"])
+            print(
+                f"cold start, first cpu fwd+bwd (4x128 ch, L=256, N={N}, 1 image, incl. import): "
+                f"compile {comp:.1f} s, from cache {cached:.2f} s, then warm {warm * 1e3:.1f} ms"
+            )
+
+    grid = (
+        [(128, 256, 1), (128, 256, 16)]
+        if args.quick
+        else [(d, L, N) for d in (64, 128) for L in (64, 256, 1024) for N in (1, 16)]
+    )
+    hdr = (
+        f"{'D/dir':>5} {'L':>5} {'N':>3} {'pass':>7} {'imgs':>4} {'ref':>4} | {'reference':>10} "
+        f"{'chunked':>9} {'cpu':>8} | {'cpu vs ref':>10} {'cpu vs chunked':>14}"
+    )
+    clock = "process CPU time" if args.cpu_time else "wall time"
+    print(f"\nms per image ({clock}, median of warm repeats); speed-up = other backend's time / cpu's time")
+    print(hdr)
+    print("-" * len(hdr))
+    for d, L, N in grid:
+        n_img = max(1, min(32, args.elems // (DIRECTIONS * d * L)))
+        n_ref = max(1, n_img // 8)
+        ins = make_inputs(n_img, d, L, N)
+        ins_ref = [t[:n_ref] if t.dim() >= 3 else t for t in ins]
+        skip_ref = args.skip_slow and L >= 1024 and N >= 16
+        for bwd in (False, True):
+            t_cpu = time_backend(selective_scan_cpu, ins, bwd, args.repeats) / n_img
+            t_chk = time_backend(selective_scan_chunked, ins, bwd, args.repeats) / n_img
+            if skip_ref:
+                t_ref = float("nan")
+            else:
+                t_ref = time_backend(selective_scan_ref, ins_ref, bwd, args.ref_repeats) / n_ref
+            ref_s = "skipped" if skip_ref else f"{t_ref * 1e3:10.2f}"
+            ratio_ref = "-" if skip_ref else f"{t_ref / t_cpu:9.1f}x"
+            print(
+                f"{d:>5} {L:>5} {N:>3} {'fwd+bwd' if bwd else 'fwd':>7} {n_img:>4} {n_ref:>4} | {ref_s:>10} "
+                f"{t_chk * 1e3:9.2f} {t_cpu * 1e3:8.3f} | {ratio_ref:>10} {t_chk / t_cpu:13.1f}x",
+                flush=True,
+            )
+    if hasattr(os, "getloadavg"):
+        print("load average at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+
+if __name__ == "__main__":
+    main()
