@@ -93,6 +93,7 @@ class TrainConfig:
     algorithm_name: str = "vmamba_td3"
     env_name: str = "DroneNav-v0"
     level: str | None = None
+    env_kwargs: dict[str, Any] | None = None  # extra gymnasium.make keywords, JSON on the command line
     max_timesteps: int = 200000
     buffer_size: int = 20000
     batch_size: int = 128
@@ -268,8 +269,21 @@ _HELP: dict[str, str] = {
     "updates_per_step": "gradient updates per env step after learning_starts (0.25 = one per 4 steps)",
     "amp": "mixed precision on CUDA: " + ", ".join(AMP_MODES),
     "level": "environment level (DroneNav: empty/easy/medium/hard; Parking: easy/normal/complex/extreme)",
+    "env_kwargs": 'extra environment keywords as JSON, e.g. \'{"max_steps": 100, "image_height": 128}\'',
     "share_encoder": "one encoder for actor and critic (critic trains it, actor reads detached features)",
 }
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"max_steps\": 100}}', got {text!r}"
+        ) from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
@@ -286,6 +300,9 @@ def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
             else (float if default and isinstance(default[0], float) else int)
         )
         parser.add_argument(name, nargs="+", type=elem, default=None, help=helptext)
+        return
+    if f.name == "env_kwargs":
+        parser.add_argument(name, type=_json_object, default=None, help=helptext)
         return
     if default is None:
         typ = float if f.name == "sac_target_entropy" else (int if f.name == "torch_threads" else str)

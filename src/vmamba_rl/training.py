@@ -35,7 +35,7 @@ def make_env(cfg: Config, render_mode: str | None = None, level: str | None = No
     import vmamba_rl.envs  # noqa: F401  (registration)
     from vmamba_rl.envs.wrappers import SequenceHistory
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(cfg.env_kwargs or {})
     lvl = level or cfg.level
     if lvl is not None:
         kwargs["level"] = lvl

@@ -182,10 +182,10 @@ class HopeSACAgent(BaseAgent):
         self.critic_target.eval()  # targets never use dropout / drop-path noise
         self.log_alpha = torch.tensor(math.log(cfg.sac_init_alpha), device=self.device, requires_grad=True)
 
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.sac_actor_lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.sac_actor_lr, foreach=True)
         # One Adam over both critics equals one per critic (Adam is per parameter and each loss touches
         # only its own critic); gradients are still clipped per critic.
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.sac_critic_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.sac_critic_lr, foreach=True)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.sac_alpha_lr)
 
     # --- helpers ----------------------------------------------------------------------------------

@@ -182,11 +182,11 @@ class SS2D(nn.Module):
         y = selective_scan_fn(
             xs.reshape(N, k * di, L),
             dts.reshape(N, k * di, L),
-            -torch.exp(self.A_logs.float()),
+            -torch.exp(self.A_logs),
             Bs.contiguous(),
             Cs.contiguous(),
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.float(),
+            self.Ds,
+            delta_bias=self.dt_projs_bias,
             delta_softplus=True,
             backend=self.backend,
         ).view(N, k, di, L)
@@ -384,7 +384,8 @@ class VMambaVisualEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-3]
         x = x.reshape(-1, *x.shape[-3:])
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        dtype = self.backbone.head.weight.dtype  # float32 normally, float64 in precision tests
+        x = x.to(dtype) / 255.0 if x.dtype == torch.uint8 else x.to(dtype)
         n = x.shape[0]
         chunk = max(1, self.max_tensor_bytes // self._per_image)
         if x.device.type != "cpu" or n <= chunk:
