@@ -16,16 +16,6 @@ from vmamba_rl.models.multimodal import (
     VectorEmbedding,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: thread start-up and contention on a shared 2-core machine cost more than they save."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(
     embed_size=8,
     fusion_hidden=16,

@@ -25,7 +25,14 @@ def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
-    kw = dict(max_timesteps=100, learning_starts=30, updates_per_step=0.25, seed=7, scan_backend="chunked")
+    kw = dict(
+        max_timesteps=100,
+        learning_starts=30,
+        updates_per_step=0.25,
+        seed=7,
+        scan_backend="chunked",
+        env_kwargs={"max_steps": 30},
+    )
     full = Trainer(tiny_config(tmp_path / "a", run_name="full", **kw), quiet=True)
     full.run()
     ref = _params(full)
@@ -84,6 +91,8 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys):
         "chunked",
         "--updates_per_step",
         "0.5",
+        "--env_kwargs",
+        '{"max_steps": 30}',
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -24,7 +24,7 @@ import torch
 from vmamba_rl.agents.base import BaseAgent, NonFiniteError
 from vmamba_rl.checkpoint import CheckpointError, atomic_torch_save, safe_torch_load
 from vmamba_rl.config import Config
-from vmamba_rl.evaluation import evaluate, format_table
+from vmamba_rl.evaluation import METRIC_KEYS, evaluate, format_table
 
 CHECKPOINT = "checkpoint.pt"
 REPLAY = "replay.npz"
@@ -88,20 +88,7 @@ EPISODE_FIELDS = [
     "path_length",
     "time",
 ]
-EVAL_FIELDS = [
-    "step",
-    "episodes",
-    "success_rate",
-    "collision_rate",
-    "out_of_bounds_rate",
-    "timeout_rate",
-    "mean_return",
-    "std_return",
-    "mean_length",
-    "mean_path_length",
-    "mean_path_ratio",
-    "time",
-]
+EVAL_FIELDS = ["step", "episodes", *METRIC_KEYS, "time"]
 UPDATE_FIELDS = [
     "step",
     "update",

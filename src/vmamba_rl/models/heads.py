@@ -6,8 +6,16 @@ import torch
 from torch import nn
 
 
-def _ln_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    """LN(in) -> Linear -> LN -> ReLU -> Linear -> LN -> ReLU -> Linear(out), as the spec lists."""
+def _ln_mlp(in_dim: int, hidden: int, out_dim: int, final_init: float = 3e-3) -> nn.Sequential:
+    """LN(in) -> Linear -> LN -> ReLU -> Linear -> LN -> ReLU -> Linear(out), as the spec lists.
+
+    The last layer starts at U(-final_init, final_init) (DDPG's choice): the actor's tanh starts in its
+    linear range instead of near saturation, where its gradient vanishes and TD3 can stick at a corner
+    of the action box.
+    """
+    last = nn.Linear(hidden, out_dim)
+    nn.init.uniform_(last.weight, -final_init, final_init)
+    nn.init.uniform_(last.bias, -final_init, final_init)
     return nn.Sequential(
         nn.LayerNorm(in_dim),
         nn.Linear(in_dim, hidden),
@@ -16,7 +24,7 @@ def _ln_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
         nn.Linear(hidden, hidden),
         nn.LayerNorm(hidden),
         nn.ReLU(),
-        nn.Linear(hidden, out_dim),
+        last,
     )
 
 
