@@ -186,13 +186,9 @@ class VMambaTD3Agent(BaseAgent):
             for k, v in res.items():
                 out[f"{side}_{k}"] = v[0].float().cpu().numpy()
             out[f"{side}_attention_heads"] = stream.mamba.cross_attn.last_head_weights[0].cpu().numpy()
-        out["action"] = (
-            self.actor(
-                res["context"] if self.share_encoder else self._streams_for_actor()(obs["base"], obs["depth"])
-            )[0]
-            .cpu()
-            .numpy()
-        )
+        # the deterministic action in [-1, 1], from the actor stream's context computed above
+        ctx = torch.as_tensor(out["actor_context"], device=self.device)[None]
+        out["action"] = self.actor(ctx)[0].cpu().numpy()
         return out
 
     # --- learning -------------------------------------------------------------------------------------
