@@ -9,12 +9,13 @@ value, current sigma, RNG) as plain Python numbers, lists and dicts, so a checkp
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
 import numpy as np
 
 
-class _ScheduledNoise:
+class _ScheduledNoise(ABC):
     """Shared parts: sigma schedule, seeded PCG64 generator, state round trip."""
 
     kind = "base"
@@ -39,11 +40,12 @@ class _ScheduledNoise:
         self.sigma = max(self.sigma0 * (1.0 - p) + self.sigma_min * p, self.sigma_min)
         return self.sigma
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 (optional hook)
         """Start of an episode."""
 
+    @abstractmethod
     def sample(self) -> np.ndarray:
-        raise NotImplementedError
+        """One noise vector (action_dim,) float32 in normalised action units."""
 
     def state_dict(self) -> dict:
         """Hyper-parameters, current sigma and RNG state as plain numbers (weights_only / JSON safe)."""

@@ -10,6 +10,7 @@ Actions cross the boundary in environment units; inside, agents and replay work 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import gymnasium as gym
@@ -87,7 +88,7 @@ def obs_to_tensor(
     return out
 
 
-class BaseAgent:
+class BaseAgent(ABC):
     """Interface the training loop uses. Subclasses set ``algorithm``, build networks and optimisers."""
 
     algorithm: str = "base"
@@ -114,11 +115,11 @@ class BaseAgent:
         )
 
     # --- acting ---------------------------------------------------------------------------------
+    @abstractmethod
     def act(self, obs_seq: dict[str, np.ndarray], explore: bool = True) -> np.ndarray:
         """K-step observation dict (each value (K, ...)) -> action in environment units, shape (A,)."""
-        raise NotImplementedError
 
-    def reset_episode(self) -> None:
+    def reset_episode(self) -> None:  # noqa: B027 (optional hook)
         """Called at every episode start (resets exploration noise state)."""
 
     # --- learning -------------------------------------------------------------------------------
@@ -136,22 +137,23 @@ class BaseAgent:
             obs, self.scaler.to_norm(action), float(reward), next_obs, terminated, truncated
         )
 
+    @abstractmethod
     def train(self, progress_ratio: float = 0.0) -> dict[str, float] | None:
         """One gradient update from a replay sample; None until the buffer holds a batch."""
-        raise NotImplementedError
 
+    @abstractmethod
     def modules(self) -> dict[str, nn.Module]:
         """Named networks (online and target) for parameter counts and checkpoints."""
-        raise NotImplementedError
 
+    @abstractmethod
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        raise NotImplementedError
+        """Named optimisers, saved in checkpoints for an exact resume."""
 
     def extra_state(self) -> dict[str, Any]:
         """Non-network state (noise, normalisers, temperature...) as plain values."""
         return {}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         pass
 
     # --- persistence ------------------------------------------------------------------------------
