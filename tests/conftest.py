@@ -28,6 +28,23 @@ TINY_AGENT = dict(
 )
 
 
+# Tiny HOPE-style SAC networks for tests.
+TINY_SAC = dict(
+    embed_size=8,
+    fusion_hidden=16,
+    attention_heads=2,
+    attention_dim_head=4,
+    attention_ff_dim=8,
+    actor_hidden=[16],
+    critic_hidden=[16],
+    cnn_channels=[4, 8],
+    batch_size=8,
+    buffer_size=200,
+    seq_len=1,
+    device="cpu",
+)
+
+
 def tiny_config(tmp_path=None, **overrides) -> Config:
     """The cpu preset shrunk for tests (DroneNav-v0 empty level), with overrides."""
     kw = dict(

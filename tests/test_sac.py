@@ -12,6 +12,7 @@ import torch
 from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import TanhTransform
 
+from conftest import TINY_SAC
 from vmamba_rl.agents.base import NonFiniteError
 from vmamba_rl.agents.sac import (
     LOG_STD_MAX,
@@ -22,20 +23,7 @@ from vmamba_rl.agents.sac import (
 )
 from vmamba_rl.config import make_config
 
-TINY = dict(
-    embed_size=8,
-    fusion_hidden=16,
-    attention_heads=2,
-    attention_dim_head=4,
-    attention_ff_dim=8,
-    actor_hidden=[16],
-    critic_hidden=[16],
-    cnn_channels=[4, 8],
-    batch_size=8,
-    buffer_size=200,
-    seq_len=1,
-    device="cpu",
-)
+TINY = TINY_SAC
 
 
 def _space() -> gym.spaces.Dict:

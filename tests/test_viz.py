@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_SAC
+
 pytest.importorskip("matplotlib")
 pytest.importorskip("imageio")
 from PIL import Image  # noqa: E402  (Pillow comes with matplotlib and imageio)
@@ -156,21 +158,7 @@ def test_features_cover_every_decision(viz_out):
 
 # ------------------------------------------------------------------------------------ HOPE SAC / Parking
 
-SAC_TINY = dict(
-    embed_size=8,
-    fusion_hidden=16,
-    attention_heads=2,
-    attention_dim_head=4,
-    attention_ff_dim=8,
-    actor_hidden=[16],
-    critic_hidden=[16],
-    cnn_channels=[4, 8],
-    batch_size=8,
-    buffer_size=200,
-    seq_len=1,
-    device="cpu",
-    level="easy",
-)
+SAC_TINY = dict(TINY_SAC, level="easy")
 
 
 def _sac_checkpoint(tmp: Path, fusion: str) -> Path:
