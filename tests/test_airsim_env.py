@@ -651,29 +651,20 @@ def test_server_stops_answering_mid_episode(server):
 
 
 @needs_airsim
-def test_server_closes_connection(server):
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("close", r"127.0.0.1:{port}"),  # the server closes the connection
+        ("truncate", r"127.0.0.1:{port} sent a malformed.*128 values for 16x16"),  # a truncated image
+    ],
+)
+def test_image_fault_then_reconnect(server, fault, message):
     from vmamba_rl.envs.airsim_env import AirSimConnectionError
 
     env = make(server)
     env.reset(seed=0, options={"goal": FAR_GOAL})
-    server.inject("simGetImages", "close")
-    with pytest.raises(AirSimConnectionError, match=f"127.0.0.1:{server.port}"):
-        env.step(HOVER)
-    env.unwrapped.reconnect()
-    env.reset(seed=1)
-    env.step(HOVER)
-    env.close()
-
-
-@needs_airsim
-def test_truncated_image(server):
-    from vmamba_rl.envs.airsim_env import AirSimConnectionError
-
-    env = make(server)
-    env.reset(seed=0, options={"goal": FAR_GOAL})
-    server.inject("simGetImages", "truncate")
-    match = rf"127.0.0.1:{server.port} sent a malformed.*128 values for 16x16"
-    with pytest.raises(AirSimConnectionError, match=match):
+    server.inject("simGetImages", fault)
+    with pytest.raises(AirSimConnectionError, match=message.format(port=server.port)):
         env.step(HOVER)
     env.unwrapped.reconnect()
     env.reset(seed=1)
