@@ -233,6 +233,47 @@ def test_sampling_covers_every_transition_uniformly():
     check_batch(sim, buf.sample(256))
 
 
+@pytest.mark.parametrize("M", [3, 8])
+def test_segment_sampling_is_uniform_in_runs_with_shared_frame_ids(M):
+    buf = SequenceReplayBuffer(64, 4, make_space(), ACTION_DIM, seed=5, segment=M)
+    sim = Simulation(buf)
+    for length in [5, 1, 8, 3, 9, 4, 7, 6, 2, 10]:
+        sim.episode(length, "term")  # wraps the 64-slot ring: runs must respect the oldest frames too
+    n = len(buf)
+    valid = set(buf.valid_indices().tolist())
+    counts: dict[int, int] = {}
+    draws, B = 48_000, 48
+    consecutive = 0
+    for _ in range(draws // B):
+        batch = buf.sample(B)
+        idx = batch["indices"]
+        assert idx.shape == (B,)
+        consecutive += int(np.count_nonzero((idx[1:] - idx[:-1]) % buf.capacity == 1))
+        for s in idx.tolist():
+            counts[s] = counts.get(s, 0) + 1
+    assert set(counts) == valid
+    expected = draws / n
+    # runs make counts over-dispersed (up to M draws move together): bound by 6 std of M-sized lumps
+    tol = 6 * (expected * M) ** 0.5
+    assert min(counts.values()) > expected - tol and max(counts.values()) < expected + tol
+    # most neighbours in a batch are consecutive transitions (independent draws would almost never be)
+    assert consecutive / (draws - draws // B) > 0.5
+    batch = buf.sample(B)
+    check_batch(sim, batch)
+    # frame_ids name the stored frame of every window position: equal ids <=> equal frame identity
+    ids = batch["frame_ids"]
+    assert ids.shape == (B, 5)
+    code = np.array([[ep * 1000 + step for ep, step in decode(batch, b)] for b in range(B)]).ravel()
+    same_id = ids.ravel()[:, None] == ids.ravel()[None, :]
+    np.testing.assert_array_equal(same_id, code[:, None] == code[None, :])
+    assert np.unique(ids[:, :4]).size < B * 4 / 2  # runs share most frames
+
+
+def test_segment_must_be_positive():
+    with pytest.raises(ValueError, match="segment must be >= 1, got 0"):
+        SequenceReplayBuffer(64, 4, make_space(), ACTION_DIM, segment=0)
+
+
 def test_ring_wraparound_rejects_windows_with_overwritten_frames():
     K = 4
     buf = SequenceReplayBuffer(10, K, make_space(), ACTION_DIM, seed=4)

@@ -184,3 +184,38 @@ def test_make_agent_from_env_and_unknown_algorithm():
     assert isinstance(agent, TD3Agent)
     obs, _ = env.reset(seed=0)
     assert env.action_space.contains(agent.act(obs, explore=True))
+
+
+@pytest.mark.parametrize("algo", [VMambaTD3Agent, TD3Agent])
+def test_distinct_frame_encoding_equals_window_encoding(algo):
+    """A replay sample with shared frames: encoding each distinct frame once (frame_ids) gives the same
+    update as encoding every window position, and encodes fewer frames."""
+    env = make_env(tiny_config(level="empty"))
+    kw = dict(replay_segment=8, batch_size=16, policy_freq=1, seq_len=3, scan_backend="chunked")
+    agents = [make_agent(env, None, tiny_config(algorithm_name=algo.algorithm, **kw)) for _ in range(2)]
+    agents[1].load_state_dict(agents[0].state_dict())
+    obs, _ = env.reset(seed=0)
+    env.action_space.seed(0)
+    from vmamba_rl.training import last_frames
+
+    for _ in range(60):
+        a = env.action_space.sample()
+        nobs, r, te, tr, _ = env.step(a)
+        agents[0].store_transition(last_frames(obs), a, r, last_frames(nobs), te, tr)
+        obs = nobs if not (te or tr) else env.reset()[0]
+    sample = agents[0].replay_buffer.sample(16)
+    deduped = agents[0].batch_to_tensors(sample)
+    plain = agents[1].batch_to_tensors({k: v for k, v in sample.items() if k != "frame_ids"})
+    assert "depth_state" not in plain
+    assert deduped["depth_state"].shape[0] < 16 * 3 / 2  # runs of 8 share most frames
+    torch.testing.assert_close(
+        deduped["depth_state"][deduped["index_state"]], plain["depth"][:, :3], rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        deduped["depth_next"][deduped["index_next"]], plain["depth"][:, 1:], rtol=0, atol=0
+    )
+    m0, m1 = agents[0].update(deduped), agents[1].update(plain)
+    for key in ("critic_loss", "q1", "target_q", "actor_loss"):
+        assert m0[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-5), key
+    for (name, p0), p1 in zip(agents[0].actor.named_parameters(), agents[1].actor.parameters(), strict=True):
+        torch.testing.assert_close(p0, p1, rtol=1e-4, atol=1e-5, msg=name)

@@ -98,6 +98,7 @@ class TrainConfig:
     buffer_size: int = 20000
     batch_size: int = 128
     seq_len: int = 4
+    replay_segment: int = 1  # transitions per sampled run; > 1 lets TD3 encode shared frames once
     learning_starts: int = 2000
     updates_per_step: float = 1.0
     seed: int = 0
@@ -266,6 +267,8 @@ _HELP: dict[str, str] = {
     "vmamba_layer_scale_init": "initial LayerScale gamma in VSS blocks; 0 disables it",
     "scan_backend": "selective-scan implementation: " + ", ".join(SCAN_BACKENDS),
     "algorithm_name": "one of " + ", ".join(ALGORITHMS),
+    "replay_segment": "sample batches as runs of this many consecutive transitions (1 = independent); "
+    "the TD3 agents then encode each distinct frame once, ~(M+K)/M instead of K frames per window",
     "updates_per_step": "gradient updates per env step after learning_starts (0.25 = one per 4 steps)",
     "amp": "mixed precision on CUDA: " + ", ".join(AMP_MODES),
     "level": "environment level (DroneNav: empty/easy/medium/hard; Parking: easy/normal/complex/extreme)",
@@ -452,6 +455,10 @@ def validate(cfg: Config) -> None:
     )
     _check(tr.seq_len >= 1, f"--seq_len must be >= 1, got {tr.seq_len}")
     _check(tr.batch_size >= 1, f"--batch_size must be >= 1, got {tr.batch_size}")
+    _check(
+        1 <= tr.replay_segment <= tr.batch_size,
+        f"--replay_segment must be in [1, --batch_size ({tr.batch_size})], got {tr.replay_segment}",
+    )
     _check(
         tr.buffer_size > tr.seq_len + 1,
         f"--buffer_size must exceed --seq_len + 1 ({tr.seq_len + 1}), got {tr.buffer_size}",

@@ -111,7 +111,12 @@ class BaseAgent(ABC):
         self.seq_len = cfg.seq_len
         self.total_it = 0
         self.replay_buffer = SequenceReplayBuffer(
-            cfg.buffer_size, cfg.seq_len, observation_space, self.action_dim, seed=cfg.seed
+            cfg.buffer_size,
+            cfg.seq_len,
+            observation_space,
+            self.action_dim,
+            seed=cfg.seed,
+            segment=cfg.replay_segment,
         )
 
     # --- acting ---------------------------------------------------------------------------------

@@ -193,9 +193,24 @@ class VMambaTD3Agent(BaseAgent):
 
     # --- learning -------------------------------------------------------------------------------------
     def batch_to_tensors(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Replay sample (numpy) -> tensors on the device; depth stays uint8 until the encoder."""
+        """Replay sample (numpy) -> tensors on the device; depth stays uint8 until the encoder.
+
+        With ``frame_ids`` in the sample, the depth of each side (state window [0:K], next window
+        [1:K+1]) is reduced to its distinct frames plus an index (``depth_state`` (U, C, H, W),
+        ``index_state`` (B, K), same for ``next``), so each stream encodes a shared frame once.
+        """
         obs = obs_to_tensor(batch["obs"], self.device, batch=False)
-        return {
+        out = {}
+        if "frame_ids" in batch:
+            depth = np.asarray(batch["obs"]["depth"])
+            K = depth.shape[1] - 1
+            for side, cols in (("state", slice(0, K)), ("next", slice(1, K + 1))):
+                ids = np.asarray(batch["frame_ids"])[:, cols]
+                _, first, inverse = np.unique(ids.ravel(), return_index=True, return_inverse=True)
+                frames = depth[:, cols].reshape(-1, *depth.shape[2:])[first]
+                out[f"depth_{side}"] = torch.as_tensor(frames, device=self.device)
+                out[f"index_{side}"] = torch.as_tensor(inverse.reshape(ids.shape), device=self.device)
+        return out | {
             "base": obs["base"].float(),
             "depth": obs["depth"],
             "action": torch.as_tensor(batch["action"], device=self.device, dtype=torch.float32),
@@ -218,12 +233,18 @@ class VMambaTD3Agent(BaseAgent):
         next_depth: torch.Tensor,
         reward: torch.Tensor,
         terminated: torch.Tensor,
+        next_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """TD3 target with target policy smoothing and clipped double Q. Returns (B, 1)."""
+        """TD3 target with target policy smoothing and clipped double Q. Returns (B, 1).
+
+        next_depth (B, K, C, H, W), or distinct frames (U, C, H, W) with ``next_index`` (B, K).
+        """
         with torch.no_grad(), self._autocast():
-            next_state = self.critic_stream_target(next_base, next_depth)
+            next_state = self.critic_stream_target(next_base, next_depth, frame_index=next_index)
             next_state_actor = (
-                next_state if self.share_encoder else self.actor_stream_target(next_base, next_depth)
+                next_state
+                if self.share_encoder
+                else self.actor_stream_target(next_base, next_depth, frame_index=next_index)
             )
             next_action = self.actor_target(next_state_actor).float()
             eps = torch.randn(next_action.shape, device=self.device, generator=self._noise_gen)
@@ -245,14 +266,23 @@ class VMambaTD3Agent(BaseAgent):
         self.scaler_amp.update()
         return norm
 
+    @staticmethod
+    def _windows(b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(depth_state, index_state, depth_next, index_next): distinct frames + index, or the windows."""
+        if "depth_state" in b:
+            return b["depth_state"], b["index_state"], b["depth_next"], b["index_next"]
+        K = b["depth"].shape[1] - 1
+        return b["depth"][:, :K], None, b["depth"][:, 1:], None
+
     def update(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
         """One TD3 update on a tensor batch (base (B, K+1, Ds), depth (B, K+1, C, H, W), ...)."""
         self.total_it += 1
         K = b["base"].shape[1] - 1
-        base, depth = b["base"][:, :K], b["depth"][:, :K]
-        target_q = self.compute_target(b["base"][:, 1:], b["depth"][:, 1:], b["reward"], b["terminated"])
+        base = b["base"][:, :K]
+        depth, index, next_depth, next_index = self._windows(b)
+        target_q = self.compute_target(b["base"][:, 1:], next_depth, b["reward"], b["terminated"], next_index)
         with self._autocast():
-            state = self.critic_stream(base, depth)
+            state = self.critic_stream(base, depth, frame_index=index)
             q1, q2 = self.critic(state, b["action"])
             critic_loss = F.mse_loss(q1.float(), target_q) + F.mse_loss(q2.float(), target_q)
         loss_value = critic_loss.item()
@@ -269,18 +299,24 @@ class VMambaTD3Agent(BaseAgent):
             "noise_sigma": float(self.ou_noise.sigma),
         }
         if self.total_it % self.policy_freq == 0:
-            metrics.update(self._update_actor(base, depth, state.detach()))
+            metrics.update(self._update_actor(base, depth, state.detach(), index))
             self._soft_update_targets()
         metrics["actor_loss"] = self._last_actor_loss
         return metrics
 
     def _update_actor(
-        self, base: torch.Tensor, depth: torch.Tensor, state_critic: torch.Tensor
+        self,
+        base: torch.Tensor,
+        depth: torch.Tensor,
+        state_critic: torch.Tensor,
+        index: torch.Tensor | None = None,
     ) -> dict[str, float]:
         self.critic.requires_grad_(False)  # the critic stream is frozen for the policy gradient
         try:
             with self._autocast():
-                state_actor = state_critic if self.share_encoder else self.actor_stream(base, depth)
+                state_actor = (
+                    state_critic if self.share_encoder else self.actor_stream(base, depth, frame_index=index)
+                )
                 actor_loss = -self.critic.Q1(state_critic, self.actor(state_actor)).float().mean()
             check_finite(self.total_it, actor_loss=actor_loss.item())
             agn = self._step(

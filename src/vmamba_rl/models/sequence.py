@@ -161,8 +161,18 @@ class EncoderStream(nn.Module):
         C, H, W = depth_shape
         return cls(VMambaVisualEncoder(vcfg, C, (H, W), vcfg.feature_dim), state_dim, vcfg)
 
-    def forward(self, base: torch.Tensor, depth: torch.Tensor, return_all: bool = False):
-        v = self.visual(depth)  # (B, K, Dv)
+    def forward(
+        self,
+        base: torch.Tensor,
+        depth: torch.Tensor,
+        return_all: bool = False,
+        frame_index: torch.Tensor | None = None,
+    ):
+        """base (B, K, Ds); depth (B, K, C, H, W), or (U, C, H, W) distinct frames with ``frame_index``
+        (B, K) long mapping each window step to its frame (each frame is encoded once)."""
+        v = self.visual(depth)  # (B, K, Dv) or (U, Dv)
+        if frame_index is not None:
+            v = v[frame_index]  # (B, K, Dv); the gather's backward sums the shared frames' gradients
         s = self.state(base.float())  # (B, K, Dsf)
         if not return_all:
             return self.mamba(v, s)
