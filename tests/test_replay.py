@@ -269,6 +269,40 @@ def test_segment_sampling_is_uniform_in_runs_with_shared_frame_ids(M):
     assert np.unique(ids[:, :4]).size < B * 4 / 2  # runs share most frames
 
 
+@pytest.mark.parametrize("K,n", [(1, 3), (3, 2), (2, 4)])
+def test_n_step_returns_flags_and_next_window_by_hand(K, n):
+    gamma = 0.9
+    buf = SequenceReplayBuffer(1000, K, make_space(), ACTION_DIM, seed=1, n_step=n, gamma=gamma)
+    sim = Simulation(buf)
+    lengths = {}
+    for length, ending in [(1, "term"), (5, "trunc"), (2, "open"), (6, "term"), (3, "trunc"), (4, "open")]:
+        lengths[sim.next_ep] = length
+        sim.episode(length, ending)
+    batch = buf.get(buf.valid_indices())
+    for b in range(batch["reward"].shape[0]):
+        ep, i = decode(batch, b)[K - 1]
+        m = min(n, lengths[ep] - i)  # the look-ahead stops at the episode's last transition
+        rec = sim.records[(ep, i + m - 1)]
+        assert batch["reward"][b] == pytest.approx(sum(gamma**j * reward_of(ep, i + j) for j in range(m)))
+        assert batch["discount"][b] == pytest.approx(gamma**m)
+        assert batch["terminated"][b] == rec["terminated"] and batch["truncated"][b] == rec["truncated"]
+        base = batch["next_obs"]["base"][b]
+        next_ids = [(int(round(x[0])), int(round(x[1]))) for x in base]
+        assert next_ids == rec["next_state"]  # the acting-time history m steps on
+        np.testing.assert_array_equal(
+            batch["next_obs"]["depth"][b][:, 0, 0, 0], [depth_value(*f) for f in next_ids]
+        )
+        assert batch["next_frame_ids"][b].tolist() == [sim.frame_abs[f] % 1000 for f in next_ids]
+
+
+def test_one_step_samples_have_gamma_discount_and_no_next_window():
+    buf = SequenceReplayBuffer(100, 2, make_space(), ACTION_DIM, n_step=1, gamma=0.95)
+    Simulation(buf).episode(5, "term")
+    batch = buf.sample(8)
+    assert "next_obs" not in batch and "next_frame_ids" not in batch
+    np.testing.assert_allclose(batch["discount"], 0.95)
+
+
 def test_segment_must_be_positive():
     with pytest.raises(ValueError, match="segment must be >= 1, got 0"):
         SequenceReplayBuffer(64, 4, make_space(), ACTION_DIM, segment=0)

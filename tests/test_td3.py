@@ -57,6 +57,11 @@ def test_target_is_clipped_double_q_without_bootstrap_on_termination():
         expect = b["reward"] + 0.99 * (1 - b["terminated"]) * torch.minimum(q1, q2)
     assert torch.allclose(y, expect, atol=1e-6)
     assert torch.allclose(y[[1, 3]], b["reward"][[1, 3]])  # terminal rows: reward only
+    # n-step samples carry their own discount gamma^m per row
+    disc = torch.tensor([[0.99], [0.9801], [0.970299], [0.5]])
+    y_n = agent.compute_target(nb, nd, b["reward"], b["terminated"], discount=disc)
+    expect_n = b["reward"] + disc * (1 - b["terminated"]) * torch.minimum(q1, q2)
+    assert torch.allclose(y_n, expect_n, atol=1e-6)
 
 
 def test_target_policy_smoothing_is_clipped():
@@ -208,12 +213,11 @@ def test_distinct_frame_encoding_equals_window_encoding(algo):
     plain = agents[1].batch_to_tensors({k: v for k, v in sample.items() if k != "frame_ids"})
     assert "depth_state" not in plain
     assert deduped["depth_state"].shape[0] < 16 * 3 / 2  # runs of 8 share most frames
-    torch.testing.assert_close(
-        deduped["depth_state"][deduped["index_state"]], plain["depth"][:, :3], rtol=0, atol=0
-    )
-    torch.testing.assert_close(
-        deduped["depth_next"][deduped["index_next"]], plain["depth"][:, 1:], rtol=0, atol=0
-    )
+    window = torch.as_tensor(sample["obs"]["depth"])
+    torch.testing.assert_close(plain["depth"], window[:, :3], rtol=0, atol=0)
+    torch.testing.assert_close(plain["next_depth"], window[:, 1:], rtol=0, atol=0)
+    torch.testing.assert_close(deduped["depth_state"][deduped["index_state"]], window[:, :3], rtol=0, atol=0)
+    torch.testing.assert_close(deduped["depth_next"][deduped["index_next"]], window[:, 1:], rtol=0, atol=0)
     m0, m1 = agents[0].update(deduped), agents[1].update(plain)
     for key in ("critic_loss", "q1", "target_q", "actor_loss"):
         assert m0[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-5), key

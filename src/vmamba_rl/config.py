@@ -83,6 +83,7 @@ class SACConfig:
     critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
     image_encoder: str = "cnn"
     normalize_keys: list[str] | None = None  # None = every vector modality
+    modalities: list[str] | None = None  # observation keys the agent reads; None = all (HOPE's USE_IMG...)
     sac_update_every: int = 1
 
 
@@ -99,6 +100,7 @@ class TrainConfig:
     batch_size: int = 128
     seq_len: int = 4
     replay_segment: int = 1  # transitions per sampled run; > 1 lets TD3 encode shared frames once
+    n_step: int = 1  # n-step TD targets (1 = the spec's one-step TD3 / SAC target)
     learning_starts: int = 2000
     updates_per_step: float = 1.0
     seed: int = 0
@@ -269,10 +271,12 @@ _HELP: dict[str, str] = {
     "algorithm_name": "one of " + ", ".join(ALGORITHMS),
     "replay_segment": "sample batches as runs of this many consecutive transitions (1 = independent); "
     "the TD3 agents then encode each distinct frame once, ~(M+K)/M instead of K frames per window",
+    "n_step": "n-step returns in the critic targets (1 = one-step TD as in the spec)",
     "updates_per_step": "gradient updates per env step after learning_starts (0.25 = one per 4 steps)",
     "amp": "mixed precision on CUDA: " + ", ".join(AMP_MODES),
     "level": "environment level (DroneNav: empty/easy/medium/hard; Parking: easy/normal/complex/extreme)",
     "env_kwargs": 'extra environment keywords as JSON, e.g. \'{"max_steps": 100, "image_height": 128}\'',
+    "modalities": "observation keys the agent reads, e.g. lidar target (default: all of them)",
     "share_encoder": "one encoder for actor and critic (critic trains it, actor reads detached features)",
 }
 
@@ -296,10 +300,10 @@ def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
     if isinstance(default, bool):
         parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         return
-    if isinstance(default, list) or f.name == "normalize_keys":
+    if isinstance(default, list) or f.name in ("normalize_keys", "modalities"):
         elem = (
             str
-            if f.name == "normalize_keys"
+            if f.name in ("normalize_keys", "modalities")
             else (float if default and isinstance(default[0], float) else int)
         )
         parser.add_argument(name, nargs="+", type=elem, default=None, help=helptext)
@@ -443,6 +447,10 @@ def validate(cfg: Config) -> None:
         s.image_encoder in IMAGE_ENCODERS,
         f"--image_encoder must be one of {', '.join(IMAGE_ENCODERS)}, got {s.image_encoder!r}",
     )
+    _check(
+        s.modalities is None or len(s.modalities) >= 1,
+        "--modalities needs at least one observation key",
+    )
     _check(s.sac_init_alpha > 0, f"--sac_init_alpha must be > 0, got {s.sac_init_alpha}")
     _check(s.embed_size >= 1, f"--embed_size must be >= 1, got {s.embed_size}")
     _check(
@@ -455,6 +463,7 @@ def validate(cfg: Config) -> None:
     )
     _check(tr.seq_len >= 1, f"--seq_len must be >= 1, got {tr.seq_len}")
     _check(tr.batch_size >= 1, f"--batch_size must be >= 1, got {tr.batch_size}")
+    _check(tr.n_step >= 1, f"--n_step must be >= 1, got {tr.n_step}")
     _check(
         1 <= tr.replay_segment <= tr.batch_size,
         f"--replay_segment must be in [1, --batch_size ({tr.batch_size})], got {tr.replay_segment}",

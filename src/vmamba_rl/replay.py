@@ -29,6 +29,12 @@ their K + 1 frames, so an agent that encodes each distinct frame once (``frame_i
 (M + K) / M frames per window instead of K: the cost of the per-frame visual encoder drops ~3x at
 M = 8, K = 4, at the price of correlated samples within a run (as in R2D2 or Dreamer's chunks).
 
+n-step returns (``n_step`` n > 1): the transition at ``a`` looks ahead over m = min(n, steps to the end
+of its episode, steps stored so far) transitions: ``reward`` = sum_j gamma^j r_{a+j}, ``terminated`` /
+``truncated`` = the flags of the m-th, ``discount`` = gamma^m, and the next-state window is the K frames
+ending at frame a + m (``next_obs``, ``next_frame_ids``; same acting-time padding). A transition whose
+look-ahead stops early is still sampled: its target bootstraps from fewer steps (or none if terminated).
+
 Discarding: :meth:`SequenceReplayBuffer.discard_episode` rolls the write position back to the start of
 the current unfinished episode (a simulator fault broke it), so none of its frames is ever sampled and
 its slots are reused. Frames it had already overwritten stay lost: the buffer keeps a floor, the absolute
@@ -86,6 +92,8 @@ class SequenceReplayBuffer:
         action_dim: A; actions are stored as float32, already normalised to [-1, 1].
         seed: seed of the sampling generator (its state is part of ``state_dict``).
         segment: M, transitions per sampled run (1 = independent transitions; see the module docstring).
+        n_step: n, transitions summed into one sampled return (1 = one-step TD).
+        gamma: discount used for the n-step sums and ``discount``.
     """
 
     def __init__(
@@ -96,6 +104,8 @@ class SequenceReplayBuffer:
         action_dim: int,
         seed: int | None = None,
         segment: int = 1,
+        n_step: int = 1,
+        gamma: float = 0.99,
     ) -> None:
         if int(capacity) < 2:
             raise ValueError(f"capacity must be >= 2 (a transition needs two frames), got {capacity}")
@@ -103,6 +113,8 @@ class SequenceReplayBuffer:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         if int(segment) < 1:
             raise ValueError(f"segment must be >= 1, got {segment}")
+        if int(n_step) < 1:
+            raise ValueError(f"n_step must be >= 1, got {n_step}")
         if int(action_dim) < 1:
             raise ValueError(f"action_dim must be >= 1, got {action_dim}")
         if not isinstance(observation_space, gym.spaces.Dict):
@@ -113,6 +125,7 @@ class SequenceReplayBuffer:
         self.seq_len = int(seq_len)
         self.action_dim = int(action_dim)
         self.segment = int(segment)
+        self.n_step, self.gamma = int(n_step), float(gamma)
         self.observation_space = observation_space
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, np.dtype] = {}
@@ -291,7 +304,10 @@ class SequenceReplayBuffer:
         window, [:, 1:K+1] next-state window); ``action`` (B, A) float32, the action taken at the last
         step of the state window; ``reward``, ``terminated``, ``truncated`` (B,) float32; ``indices``
         (B,) int64 slot indices of the transitions; ``frame_ids`` (B, K+1) int64 slot of every window
-        frame (equal ids = the same stored frame, so an encoder can process each one once).
+        frame (equal ids = the same stored frame, so an encoder can process each one once);
+        ``discount`` (B,) float32 gamma^m. With ``n_step`` > 1 also ``next_obs`` {key: (B, K, *shape)} and
+        ``next_frame_ids`` (B, K): the next-state window m steps ahead (``obs[:, 1:]`` is then the
+        one-step window, unused by the targets), and ``reward`` is the m-step discounted sum.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -361,14 +377,43 @@ class SequenceReplayBuffer:
         # (B, K+1) absolute frame indices, clamped to the episode's first frame (acting-time padding).
         window = np.maximum(a[:, None] + offsets[None, :], self._episode_start[slot][:, None])
         window %= self.capacity
-        return {
+        out = {
             "obs": {k: v[window] for k, v in self._frames.items()},
             "action": self._action[slot],
             "reward": self._reward[slot],
             "terminated": self._terminated[slot].astype(np.float32),
             "truncated": self._truncated[slot].astype(np.float32),
+            "discount": np.full(a.shape, self.gamma, dtype=np.float32),
             "indices": slot,
             "frame_ids": window,
+        }
+        if self.n_step > 1:
+            out.update(self._n_step(a, slot, offsets[1:]))
+        return out
+
+    def _n_step(self, a: np.ndarray, slot: np.ndarray, offsets: np.ndarray) -> dict:
+        """m-step reward, flags, discount and next window for transitions ``a`` (module docstring)."""
+        j = np.arange(self.n_step, dtype=np.int64)
+        ahead = a[:, None] + j[None, :]  # (B, n) absolute indices of the look-ahead transitions
+        s = ahead % self.capacity
+        ends = self._terminated[s] | self._truncated[s]
+        ok = (ahead < self._t - 1) & self._has_action[s]
+        ok &= self._episode_start[s] == self._episode_start[slot][:, None]
+        ok[:, 1:] &= ~np.cumsum(ends[:, :-1], axis=1, dtype=np.int64).astype(bool)  # stop after an end
+        ok = np.cumprod(ok, axis=1, dtype=bool)  # a contiguous prefix; column 0 is always true
+        m = ok.sum(axis=1)
+        powers = self.gamma ** j.astype(np.float64)
+        reward = (self._reward[s] * powers[None, :] * ok).sum(axis=1)
+        last = (a + m - 1) % self.capacity
+        nxt = np.maximum((a + m)[:, None] + offsets[None, :] - 1, self._episode_start[slot][:, None])
+        nxt %= self.capacity
+        return {
+            "reward": reward.astype(np.float32),
+            "terminated": self._terminated[last].astype(np.float32),
+            "truncated": self._truncated[last].astype(np.float32),
+            "discount": (self.gamma ** m.astype(np.float64)).astype(np.float32),
+            "next_obs": {k: v[nxt] for k, v in self._frames.items()},
+            "next_frame_ids": nxt,
         }
 
     # ------------------------------------------------------------------ memory

@@ -31,7 +31,8 @@ REPLAY = "replay.npz"
 
 
 def make_env(cfg: Config, render_mode: str | None = None, level: str | None = None) -> gym.Env:
-    """``gymnasium.make(env_name, level=...)`` wrapped in the K-step SequenceHistory the agents read."""
+    """``gymnasium.make(env_name, level=...)``, reduced to ``--modalities`` if given, wrapped in the K-step
+    SequenceHistory the agents read."""
     import vmamba_rl.envs  # noqa: F401  (registration)
     from vmamba_rl.envs.wrappers import SequenceHistory
 
@@ -49,6 +50,15 @@ def make_env(cfg: Config, render_mode: str | None = None, level: str | None = No
             f"cannot make environment {cfg.env_name!r} ({e}); vmamba-rl provides {known}, "
             "or any registered Gymnasium id with Dict observations"
         ) from e
+    if cfg.modalities is not None:
+        available = list(getattr(env.observation_space, "spaces", {}))
+        missing = [k for k in cfg.modalities if k not in available]
+        if missing:
+            env.close()
+            raise ValueError(
+                f"--modalities {missing} not in {cfg.env_name}'s observations; it has {available}"
+            )
+        env = gym.wrappers.FilterObservation(env, list(cfg.modalities))
     return SequenceHistory(env, cfg.seq_len)
 
 

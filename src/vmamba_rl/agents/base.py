@@ -117,6 +117,8 @@ class BaseAgent(ABC):
             self.action_dim,
             seed=cfg.seed,
             segment=cfg.replay_segment,
+            n_step=cfg.n_step,
+            gamma=cfg.gamma,
         )
 
     # --- acting ---------------------------------------------------------------------------------

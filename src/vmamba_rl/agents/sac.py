@@ -11,6 +11,7 @@ Shape letters: B batch, K history length (``seq_len``), A action size, F fused f
             log pi = sum_i [log N(z_i; mean_i, std_i) - log(1 - a_i^2 + 1e-6)]
     critic: two independent MultimodalEncoder(s, a) -> ReLU trunk -> Q (B,), each with a target copy
     update: y = r + gamma (1 - terminated) (min(Q1', Q2')(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')
+            (with --n_step n: r is the m-step return, gamma^m the discount, s' the state m steps on)
             critics (MSE to y) -> actor (alpha log pi - min Q) -> alpha (-log alpha (log pi + H_target))
             -> soft update of the critic targets
 
@@ -296,13 +297,19 @@ class HopeSACAgent(BaseAgent):
         terminated = torch.as_tensor(
             np.asarray(batch["terminated"]), dtype=torch.float32, device=dev
         ).reshape(-1)
+        # gamma^m per sample for m-step returns (--n_step); gamma for one-step batches
+        discount = (
+            torch.as_tensor(np.asarray(batch["discount"]), dtype=torch.float32, device=dev).reshape(-1)
+            if "discount" in batch
+            else self.gamma
+        )
         alpha = self.log_alpha.detach().exp()  # the temperature of this update (alpha steps last)
 
         # --- critics: y = r + gamma (1 - terminated) (min Q'(s', a') - alpha log pi(a'|s')) ----------
         with torch.no_grad():
             next_a, next_logp = self.actor.sample(next_obs)
             tq1, tq2 = self.critic_target(next_obs, next_a)
-            y = reward + self.gamma * (1.0 - terminated) * (torch.min(tq1, tq2) - alpha * next_logp)
+            y = reward + discount * (1.0 - terminated) * (torch.min(tq1, tq2) - alpha * next_logp)
         q1, q2 = self.critic(obs, action)
         q1_loss = F.mse_loss(q1, y)
         q2_loss = F.mse_loss(q2, y)

@@ -4,7 +4,8 @@ Dual stream: the actor and the critic each own an encoder stream (visual encoder
 MambaSequenceEncoder), each with a target copy. One update:
 
 - critic: ``y = r + gamma * (1 - terminated) * min(Q1', Q2')(s', clip(pi'(s') + clip(eps, -c, c), -1, 1))``
-  with eps ~ N(0, policy_noise^2); both Qs regress on y (MSE sum). Truncated windows bootstrap.
+  with eps ~ N(0, policy_noise^2); both Qs regress on y (MSE sum). Truncated windows bootstrap. With
+  ``--n_step`` n, r is the m-step return (m <= n), gamma^m the discount and s' the window m steps on.
 - every ``policy_freq`` critic updates: actor loss ``-Q1(s_c, pi(s_a))`` with the critic stream frozen,
   then soft updates of every target module with tau.
 
@@ -195,30 +196,51 @@ class VMambaTD3Agent(BaseAgent):
     def batch_to_tensors(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Replay sample (numpy) -> tensors on the device; depth stays uint8 until the encoder.
 
-        With ``frame_ids`` in the sample, the depth of each side (state window [0:K], next window
-        [1:K+1]) is reduced to its distinct frames plus an index (``depth_state`` (U, C, H, W),
-        ``index_state`` (B, K), same for ``next``), so each stream encodes a shared frame once.
+        Returns ``base`` / ``next_base`` (B, K, Ds), ``action``, ``reward``, ``terminated``, ``discount``
+        (B, 1), and the depth of each side: with ``frame_ids`` in the sample, its distinct frames
+        ``depth_state`` / ``depth_next`` (U, C, H, W) plus ``index_state`` / ``index_next`` (B, K), so
+        each stream encodes a shared frame once; without, ``depth`` / ``next_depth`` (B, K, C, H, W).
+        The next side is ``obs[:, 1:]``, or ``next_obs`` (n-step samples).
         """
-        obs = obs_to_tensor(batch["obs"], self.device, batch=False)
-        out = {}
+        base, depth = batch["obs"]["base"], np.asarray(batch["obs"]["depth"])
+        K = depth.shape[1] - 1
+        sides = {"state": (base[:, :K], depth[:, :K], None), "next": (base[:, 1:], depth[:, 1:], None)}
         if "frame_ids" in batch:
-            depth = np.asarray(batch["obs"]["depth"])
-            K = depth.shape[1] - 1
-            for side, cols in (("state", slice(0, K)), ("next", slice(1, K + 1))):
-                ids = np.asarray(batch["frame_ids"])[:, cols]
-                _, first, inverse = np.unique(ids.ravel(), return_index=True, return_inverse=True)
-                frames = depth[:, cols].reshape(-1, *depth.shape[2:])[first]
-                out[f"depth_{side}"] = torch.as_tensor(frames, device=self.device)
-                out[f"index_{side}"] = torch.as_tensor(inverse.reshape(ids.shape), device=self.device)
-        return out | {
-            "base": obs["base"].float(),
-            "depth": obs["depth"],
-            "action": torch.as_tensor(batch["action"], device=self.device, dtype=torch.float32),
-            "reward": torch.as_tensor(batch["reward"], device=self.device, dtype=torch.float32).view(-1, 1),
-            "terminated": torch.as_tensor(batch["terminated"], device=self.device, dtype=torch.float32).view(
-                -1, 1
+            ids = np.asarray(batch["frame_ids"])
+            sides = {
+                "state": (base[:, :K], depth[:, :K], ids[:, :K]),
+                "next": (*sides["next"][:2], ids[:, 1:]),
+            }
+        if "next_obs" in batch:
+            sides["next"] = (
+                batch["next_obs"]["base"],
+                np.asarray(batch["next_obs"]["depth"]),
+                np.asarray(batch["next_frame_ids"]) if "next_frame_ids" in batch else None,
+            )
+
+        def tensor(x: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(x), device=self.device, dtype=dtype)
+
+        out = {
+            "base": tensor(sides["state"][0], torch.float32),
+            "next_base": tensor(sides["next"][0], torch.float32),
+            "action": tensor(batch["action"], torch.float32),
+            "reward": tensor(batch["reward"], torch.float32).view(-1, 1),
+            "terminated": tensor(batch["terminated"], torch.float32).view(-1, 1),
+            "discount": (
+                tensor(batch["discount"], torch.float32).view(-1, 1)
+                if "discount" in batch
+                else torch.full((len(batch["reward"]), 1), self.gamma, device=self.device)
             ),
         }
+        for side, (_, frames, ids) in sides.items():
+            if ids is None:
+                out["depth" if side == "state" else "next_depth"] = tensor(frames)
+                continue
+            _, first, inverse = np.unique(ids.ravel(), return_index=True, return_inverse=True)
+            out[f"depth_{side}"] = tensor(frames.reshape(-1, *frames.shape[2:])[first])
+            out[f"index_{side}"] = tensor(inverse.reshape(ids.shape))
+        return out
 
     def train(self, progress_ratio: float = 0.0) -> dict[str, float] | None:
         """The spec's ``train``: decay OU sigma, sample a batch, update critic (and actor, delayed)."""
@@ -234,11 +256,14 @@ class VMambaTD3Agent(BaseAgent):
         reward: torch.Tensor,
         terminated: torch.Tensor,
         next_index: torch.Tensor | None = None,
+        discount: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
         """TD3 target with target policy smoothing and clipped double Q. Returns (B, 1).
 
         next_depth (B, K, C, H, W), or distinct frames (U, C, H, W) with ``next_index`` (B, K).
+        ``discount``: (B, 1) gamma^m of m-step samples; default gamma.
         """
+        discount = self.gamma if discount is None else discount
         with torch.no_grad(), self._autocast():
             next_state = self.critic_stream_target(next_base, next_depth, frame_index=next_index)
             next_state_actor = (
@@ -251,7 +276,7 @@ class VMambaTD3Agent(BaseAgent):
             noise = (eps * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
             next_action = (next_action + noise).clamp(-1.0, 1.0)
             tq1, tq2 = self.critic_target(next_state, next_action)
-            return reward + (1.0 - terminated) * self.gamma * torch.min(tq1, tq2).float()
+            return reward + (1.0 - terminated) * discount * torch.min(tq1, tq2).float()
 
     def _step(
         self, loss: torch.Tensor, opt: torch.optim.Optimizer, groups: list[list[nn.Parameter]]
@@ -267,20 +292,35 @@ class VMambaTD3Agent(BaseAgent):
         return norm
 
     @staticmethod
-    def _windows(b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """(depth_state, index_state, depth_next, index_next): distinct frames + index, or the windows."""
+    def _sides(b: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+        """(base, depth, index, next_base, next_depth, next_index) from any batch layout.
+
+        ``batch_to_tensors`` output, or a plain window batch: base (B, K+1, Ds), depth (B, K+1, ...).
+        """
+        if "next_base" in b:
+            base, next_base = b["base"], b["next_base"]
+        else:
+            K = b["base"].shape[1] - 1
+            base, next_base = b["base"][:, :K], b["base"][:, 1:]
         if "depth_state" in b:
-            return b["depth_state"], b["index_state"], b["depth_next"], b["index_next"]
-        K = b["depth"].shape[1] - 1
-        return b["depth"][:, :K], None, b["depth"][:, 1:], None
+            depth, index = b["depth_state"], b["index_state"]
+        else:
+            depth, index = b["depth"][:, : base.shape[1]], None
+        if "depth_next" in b:
+            next_depth, next_index = b["depth_next"], b["index_next"]
+        else:
+            next_depth = b["next_depth"] if "next_depth" in b else b["depth"][:, 1:]
+            next_index = None
+        return base, depth, index, next_base, next_depth, next_index
 
     def update(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One TD3 update on a tensor batch (base (B, K+1, Ds), depth (B, K+1, C, H, W), ...)."""
+        """One TD3 update on a tensor batch (:meth:`batch_to_tensors` output, or windows
+        base (B, K+1, Ds), depth (B, K+1, C, H, W) with action, reward, terminated (B, 1))."""
         self.total_it += 1
-        K = b["base"].shape[1] - 1
-        base = b["base"][:, :K]
-        depth, index, next_depth, next_index = self._windows(b)
-        target_q = self.compute_target(b["base"][:, 1:], next_depth, b["reward"], b["terminated"], next_index)
+        base, depth, index, next_base, next_depth, next_index = self._sides(b)
+        target_q = self.compute_target(
+            next_base, next_depth, b["reward"], b["terminated"], next_index, b.get("discount")
+        )
         with self._autocast():
             state = self.critic_stream(base, depth, frame_index=index)
             q1, q2 = self.critic(state, b["action"])
