@@ -246,15 +246,15 @@ def test_non_finite_loss_stops_training() -> None:
 
 
 # --- replay, history, other environments, persistence ------------------------------------------------------
-@pytest.mark.parametrize("K", [1, 3])
-def test_train_from_replay_on_dronenav_like_space(K: int) -> None:
+@pytest.mark.parametrize("K,n_step", [(1, 1), (3, 1), (1, 4), (3, 4)])
+def test_train_from_replay_on_dronenav_like_space(K: int, n_step: int) -> None:
     space = gym.spaces.Dict(
         {
             "base": gym.spaces.Box(-5, 5, (10,), np.float32),
             "depth": gym.spaces.Box(0, 255, (1, 16, 16), np.uint8),
         }
     )
-    agent = _agent(space=space, seq_len=K, fusion="attention")
+    agent = _agent(space=space, seq_len=K, fusion="attention", n_step=n_step)
     assert agent.train() is None  # empty buffer
     _fill(agent, 40)
     assert agent.normalizer.keys == ["base"] and agent.normalizer.rms["base"].count == 40

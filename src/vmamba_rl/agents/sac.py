@@ -286,8 +286,9 @@ class HopeSACAgent(BaseAgent):
         step = self.total_it
         K = self.seq_len
         dev = self.device
-        if "next_obs" in batch:
-            obs, next_obs = self._prepare(batch["obs"]), self._prepare(batch["next_obs"])
+        if "next_obs" in batch:  # n-step samples: obs may still hold K+1 steps; s is its first K
+            obs = self._prepare({k: v[:, :K] for k, v in batch["obs"].items()})
+            next_obs = self._prepare(batch["next_obs"])
         else:
             window = self._prepare(batch["obs"])  # normalise the K+1 frames once, then take two views
             obs = {k: v[:, :K] for k, v in window.items()}
