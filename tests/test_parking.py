@@ -252,6 +252,21 @@ def test_collision_stops_flag_keeps_the_episode_going() -> None:
     assert not info["is_collision"] and not terminated  # backing away works
 
 
+def test_collision_penalty_zero_makes_a_free_safety_stop() -> None:
+    costs = []
+    for penalty in (5.0, 0.0):
+        env = ParkingEnv(level="easy", collision_stops=True, collision_penalty=penalty)
+        env.load_scene(_open_scene(wall_x=4.5), np.array([0.0, 0.0, 0.0]))
+        env.step(np.array([0.0, MAX_SPEED], dtype=np.float32))
+        obs, reward, terminated, truncated, info = env.step(np.array([0.0, MAX_SPEED], dtype=np.float32))
+        assert info["is_collision"] and not terminated
+        costs.append(reward)
+    assert costs[0] == pytest.approx(costs[1] - 5.0)  # the same blocked step, with and without penalty
+    assert abs(costs[1]) < 0.2  # only the shaping terms remain
+    with pytest.raises(ValueError, match="collision_penalty must be a finite number >= 0; got -1"):
+        ParkingEnv(collision_penalty=-1)
+
+
 def test_leaving_the_map_ends_the_episode() -> None:
     env = ParkingEnv()
     env.load_scene(_open_scene(), np.array([14.0, 0.0, 0.0]))

@@ -117,6 +117,13 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys):
     assert res["episodes"] == 2 and 0.0 <= res["success_rate"] <= 1.0
     assert (tmp_path / "ev" / "eval_episodes.csv").is_file()
 
+    # the same --run_name again without --resume must not mix a new run into this one's logs
+    before = (run / "episodes.csv").read_text()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"run folder {run} already holds a run" in err and f"--resume {run}" in err
+    assert (run / "episodes.csv").read_text() == before
+
 
 def test_eval_rejects_corrupt_checkpoint(tmp_path, capsys):
     bad = tmp_path / "checkpoint.pt"

@@ -71,7 +71,7 @@ def cmd_train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     from vmamba_rl.agents.base import NonFiniteError
     from vmamba_rl.checkpoint import CheckpointError
     from vmamba_rl.envs.errors import SimulatorConnectionError
-    from vmamba_rl.training import Trainer
+    from vmamba_rl.training import RunFolderExistsError, Trainer
 
     if ns.resume:
         run_dir = Path(ns.resume)
@@ -96,7 +96,7 @@ def cmd_train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     try:
         trainer = Trainer(cfg, run_dir=run_dir, resume=bool(ns.resume))
         trainer.run()
-    except CheckpointError as err:
+    except (CheckpointError, RunFolderExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteError:

@@ -116,6 +116,10 @@ UPDATE_FIELDS = [
 ]
 
 
+class RunFolderExistsError(ValueError):
+    """A new (not resumed) run was pointed at a folder that already holds a run."""
+
+
 class Trainer:
     """Owns the environment(s), the agent and the run folder; ``run()`` trains to ``max_timesteps``."""
 
@@ -126,6 +130,16 @@ class Trainer:
 
         self.cfg = cfg
         self.quiet = quiet
+        if run_dir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = Path(cfg.log_dir) / (cfg.run_name or f"{cfg.algorithm_name}-{cfg.env_name}-{stamp}")
+        self.run_dir = Path(run_dir)
+        if not resume and any((self.run_dir / f).exists() for f in ("episodes.csv", CHECKPOINT)):
+            # a new run here would append its logs to the old run's CSVs and replace its checkpoint
+            raise RunFolderExistsError(
+                f"run folder {self.run_dir} already holds a run; continue it with --resume "
+                f"{self.run_dir}, or pick another --run_name / --log_dir"
+            )
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         try:
@@ -147,10 +161,6 @@ class Trainer:
         self.update_credit = 0.0
         self.recent: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
-        if run_dir is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_dir = Path(cfg.log_dir) / (cfg.run_name or f"{cfg.algorithm_name}-{cfg.env_name}-{stamp}")
-        self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._load_checkpoint()

@@ -479,6 +479,8 @@ class ParkingEnv(gym.Env):
             alternative): the car stops at its last collision-free sub-step pose, the step is penalised
             with -5 and ``is_collision`` is set, and the episode goes on.
         max_steps: truncation after this many steps (HOPE: 200).
+        collision_penalty: subtracted on a colliding step (HOPE: 5). With ``collision_stops`` and 0 the
+            environment acts as a safety layer: a blocked step just ends early, at no cost.
         slot_type: None (random where the level offers both), "bay" or "parallel"; also a reset option.
 
     ``info``: is_success, is_collision, is_out_of_bounds, is_timeout, path_length [m], slot_type,
@@ -494,6 +496,7 @@ class ParkingEnv(gym.Env):
         collision_stops: bool = False,
         max_steps: int = MAX_EPISODE_STEPS,
         slot_type: str | None = None,
+        collision_penalty: float = 5.0,
     ) -> None:
         super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -504,6 +507,9 @@ class ParkingEnv(gym.Env):
         self.slot_type = slot_type
         self.render_mode = render_mode
         self.collision_stops = bool(collision_stops)
+        if not np.isfinite(collision_penalty) or collision_penalty < 0:
+            raise ValueError(f"collision_penalty must be a finite number >= 0; got {collision_penalty!r}")
+        self.collision_penalty = float(collision_penalty)
         self.max_steps = int(max_steps)
 
         self.action_space = spaces.Box(
@@ -663,7 +669,7 @@ class ParkingEnv(gym.Env):
         success = False
         terminated = False
         if collided:
-            reward -= 5.0
+            reward -= self.collision_penalty
             terminated = not self.collision_stops
         elif out:
             reward -= 5.0
