@@ -223,3 +223,33 @@ def test_distinct_frame_encoding_equals_window_encoding(algo):
         assert m0[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-5), key
     for (name, p0), p1 in zip(agents[0].actor.named_parameters(), agents[1].actor.parameters(), strict=True):
         torch.testing.assert_close(p0, p1, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_base_normalisation_is_opt_in_updated_on_storage_and_checkpointed(tmp_path):
+    assert make().normalizer is None  # the spec feeds the base vector raw
+    agent = make(normalize_keys=["base"], seq_len=2)
+    rng = np.random.default_rng(0)
+    raw = [rng.normal(5.0, 3.0, 10).astype(np.float32) for _ in range(30)]
+    depth = np.zeros((1, 64, 64), np.uint8)
+    for i in range(29):
+        obs, nxt = {"base": raw[i], "depth": depth}, {"base": raw[i + 1], "depth": depth}
+        agent.store_transition(obs, np.ones(3, np.float32), 0.0, nxt, False, False)
+    stats = agent.normalizer.rms["base"]
+    assert stats.count == 29
+    np.testing.assert_allclose(stats.mean, np.mean(raw[:29], axis=0), rtol=1e-5)
+    sample = agent.replay_buffer.sample(8)
+    b = agent.batch_to_tensors(sample)
+    expect = (sample["obs"]["base"][:, :2] - stats.mean) / (np.sqrt(stats.var) + 1e-8)
+    np.testing.assert_allclose(b["base"].numpy(), expect, rtol=1e-4, atol=1e-5)
+    path = tmp_path / "n.pt"
+    agent.save(str(path))
+    other = make(normalize_keys=["base"], seq_len=2)
+    other.load(str(path))
+    assert other.normalizer.rms["base"].count == 29
+    seq = np.stack(raw[:2])
+    d2 = np.zeros((2, 1, 64, 64), np.uint8)
+    assert np.array_equal(agent.select_action(seq, d2, False), other.select_action(seq, d2, False))
+    # acting reads normalised inputs: raw and normalising agents with equal weights act differently
+    plain = make(seq_len=2)
+    plain.load_state_dict({k: v for k, v in agent.state_dict().items() if k != "extra"})
+    assert not np.array_equal(plain.select_action(seq, d2, False), agent.select_action(seq, d2, False))

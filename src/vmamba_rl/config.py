@@ -82,7 +82,7 @@ class SACConfig:
     actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
     critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
     image_encoder: str = "cnn"
-    normalize_keys: list[str] | None = None  # None = every vector modality
+    normalize_keys: list[str] | None = None  # SAC: None = every vector modality; TD3: None = none
     modalities: list[str] | None = None  # observation keys the agent reads; None = all (HOPE's USE_IMG...)
     sac_update_every: int = 1
 
@@ -276,6 +276,8 @@ _HELP: dict[str, str] = {
     "amp": "mixed precision on CUDA: " + ", ".join(AMP_MODES),
     "level": "environment level (DroneNav: empty/easy/medium/hard; Parking: easy/normal/complex/extreme)",
     "env_kwargs": 'extra environment keywords as JSON, e.g. \'{"max_steps": 100, "image_height": 128}\'',
+    "normalize_keys": "observation keys with running mean/std normalisation (hope_sac default: every "
+    "vector modality; td3 / vmamba_td3 default: none, e.g. --normalize_keys base)",
     "modalities": "observation keys the agent reads, e.g. lidar target (default: all of them)",
     "share_encoder": "one encoder for actor and critic (critic trains it, actor reads detached features)",
 }

@@ -32,6 +32,7 @@ from vmamba_rl.models.cnn import CNNVisualEncoder
 from vmamba_rl.models.heads import Actor, Critic
 from vmamba_rl.models.sequence import EncoderStream
 from vmamba_rl.models.vmamba import VMambaVisualEncoder
+from vmamba_rl.normalization import ObservationNormalizer
 
 
 def drone_observation_space(base_dim: int, depth_shape: tuple[int, ...]) -> gym.spaces.Dict:
@@ -62,6 +63,13 @@ class VMambaTD3Agent(BaseAgent):
         )
         torch.manual_seed(args.seed)
         self.base_dim, self.depth_shape = base_dim, tuple(depth_shape)
+        # The spec feeds the base vector raw; --normalize_keys base adds running mean/std normalisation
+        # (updated on stored steps only, so evaluation reads frozen statistics).
+        self.normalizer = (
+            ObservationNormalizer(self.observation_space, args.normalize_keys)
+            if args.normalize_keys
+            else None
+        )
         self._create_networks(args)
         self._configure_optimizers(args)
         self.ou_noise = OUNoise(
@@ -156,7 +164,7 @@ class VMambaTD3Agent(BaseAgent):
     @torch.no_grad()
     def select_action(self, base_seq: np.ndarray, depth_seq: np.ndarray, noise: bool = True) -> np.ndarray:
         """base_seq (K, Ds), depth_seq (K, C, H, W) -> action (A,) in environment units."""
-        base = torch.as_tensor(np.asarray(base_seq, np.float32), device=self.device).unsqueeze(0)
+        base = torch.as_tensor(self._norm_base(base_seq), device=self.device).unsqueeze(0)
         depth = torch.as_tensor(np.asarray(depth_seq), device=self.device).unsqueeze(0)
         stream = self._streams_for_actor()
         stream.eval()
@@ -169,6 +177,27 @@ class VMambaTD3Agent(BaseAgent):
             check_finite(self.total_it, action=float("nan"))
         return self.scaler.to_env(np.clip(a, -1.0, 1.0))
 
+    def _norm_base(self, base: np.ndarray) -> np.ndarray:
+        """(..., Ds) raw base -> float32, normalised when ``--normalize_keys`` includes base."""
+        base = np.asarray(base, np.float32)
+        if self.normalizer is None or "base" not in self.normalizer.keys:
+            return base
+        return self.normalizer.normalize({"base": base})["base"]
+
+    def store_transition(
+        self,
+        obs: dict[str, np.ndarray],
+        action: np.ndarray,
+        reward: float,
+        next_obs: dict[str, np.ndarray],
+        terminated: bool,
+        truncated: bool,
+    ) -> None:
+        """As the base class; each stored observation also updates the normaliser, if any."""
+        if self.normalizer is not None:
+            self.normalizer.update(obs)
+        super().store_transition(obs, action, reward, next_obs, terminated, truncated)
+
     def act(self, obs_seq: dict[str, np.ndarray], explore: bool = True) -> np.ndarray:
         return self.select_action(obs_seq["base"], obs_seq["depth"], noise=explore)
 
@@ -178,7 +207,7 @@ class VMambaTD3Agent(BaseAgent):
     @torch.no_grad()
     def explain(self, obs_seq: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Features and cross-attention of both streams for one K-step observation (visualisation)."""
-        obs = obs_to_tensor(obs_seq, self.device)
+        obs = obs_to_tensor({**obs_seq, "base": self._norm_base(obs_seq["base"])}, self.device)
         out: dict[str, np.ndarray] = {}
         for side, stream in (("actor", self._streams_for_actor()), ("critic", self.critic_stream)):
             stream.eval()
@@ -202,7 +231,7 @@ class VMambaTD3Agent(BaseAgent):
         each stream encodes a shared frame once; without, ``depth`` / ``next_depth`` (B, K, C, H, W).
         The next side is ``obs[:, 1:]``, or ``next_obs`` (n-step samples).
         """
-        base, depth = batch["obs"]["base"], np.asarray(batch["obs"]["depth"])
+        base, depth = self._norm_base(batch["obs"]["base"]), np.asarray(batch["obs"]["depth"])
         K = depth.shape[1] - 1
         sides = {"state": (base[:, :K], depth[:, :K], None), "next": (base[:, 1:], depth[:, 1:], None)}
         if "frame_ids" in batch:
@@ -213,7 +242,7 @@ class VMambaTD3Agent(BaseAgent):
             }
         if "next_obs" in batch:
             sides["next"] = (
-                batch["next_obs"]["base"],
+                self._norm_base(batch["next_obs"]["base"]),
                 np.asarray(batch["next_obs"]["depth"]),
                 np.asarray(batch["next_frame_ids"]) if "next_frame_ids" in batch else None,
             )
@@ -379,7 +408,7 @@ class VMambaTD3Agent(BaseAgent):
             "ou_noise": self.ou_noise.state_dict(),
             "noise_gen": self._noise_gen.get_state(),
             "last_actor_loss": self._last_actor_loss,
-        }
+        } | ({"normalizer": self.normalizer.state_dict()} if self.normalizer is not None else {})
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "ou_noise" in state:
@@ -387,6 +416,8 @@ class VMambaTD3Agent(BaseAgent):
         if "noise_gen" in state:
             self._noise_gen.set_state(state["noise_gen"].cpu())
         self._last_actor_loss = float(state.get("last_actor_loss", float("nan")))
+        if self.normalizer is not None and "normalizer" in state:
+            self.normalizer.load_state_dict(state["normalizer"])
 
 
 class TD3Agent(VMambaTD3Agent):
