@@ -3,6 +3,7 @@
     python benchmarks/scan.py                 # full grid (reference at L=1024, N=16 takes minutes)
     python benchmarks/scan.py --skip-slow     # full grid without the reference at L=1024, N=16
     python benchmarks/scan.py --quick         # D=128 per direction, L=256, N in {1, 16}
+    python benchmarks/scan.py --cpu-preset    # only the cpu preset's d_state 1 stages, 100 images
 
 Inputs as SS2D makes them: 4 directions (G = 4 groups) of D channels each, Mamba's init (A = -(1..N),
 dt bias = inverse softplus of a log-uniform draw in [1e-3, 0.1]), float32. Every backend sees the same
@@ -11,6 +12,10 @@ of all seven inputs. Times are the median of the warm repeats, divided by the nu
 reference runs on fewer images and repeats (it is 1-3 orders of magnitude slower; per-image time is what
 is compared). Cold start: the first cpu call in a fresh process, once compiling from scratch (empty numba
 cache) and once loading the cached machine code (what every later run pays).
+
+The full grid ends with the cpu preset's SS2D stages (d_state 1; 4 x d channels, L tokens): (d, L) =
+(16, 64), (32, 16), (64, 4), (128, 1), at its training batch of 100 images, where per-call overhead and
+short sequences matter more than at L >= 64.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from vmamba_rl.ops.scan_reference import selective_scan_ref
 from vmamba_rl.runtime import configure_cpu
 
 DIRECTIONS = 4
+PRESET_IMAGES = 100  # the cpu preset's training batch
 
 
 def cpu_model() -> str:
@@ -135,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only D=128 per direction, L=256, N in {1, 16}")
     ap.add_argument("--skip-slow", action="store_true", help="skip the reference at L=1024, N=16")
+    ap.add_argument(
+        "--cpu-preset", action="store_true", help="only the cpu preset's d_state 1 stages (100 images each)"
+    )
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-start measurement (2 subprocesses)")
     ap.add_argument("--threads", type=int, default=None, help="torch/numba threads (default: os.cpu_count())")
     ap.add_argument("--repeats", type=int, default=5, help="warm repeats for chunked and cpu")
@@ -175,11 +184,14 @@ def main(argv: list[str] | None = None) -> None:
                 f"compile {comp:.1f} s, from cache {cached:.2f} s, then warm {warm * 1e3:.1f} ms"
             )
 
-    grid = (
-        [(128, 256, 1), (128, 256, 16)]
-        if args.quick
-        else [(d, L, N) for d in (64, 128) for L in (64, 256, 1024) for N in (1, 16)]
-    )
+    # (D per direction, L, N, images per call; None: from --elems)
+    preset = [(d, L, 1, PRESET_IMAGES) for d, L in ((16, 64), (32, 16), (64, 4), (128, 1))]
+    if args.cpu_preset:
+        grid = preset
+    elif args.quick:
+        grid = [(128, 256, 1, None), (128, 256, 16, None)]
+    else:
+        grid = [(d, L, N, None) for d in (64, 128) for L in (64, 256, 1024) for N in (1, 16)] + preset
     hdr = (
         f"{'D/dir':>5} {'L':>5} {'N':>3} {'pass':>7} {'imgs':>4} {'ref':>4} | {'reference':>10} "
         f"{'chunked':>9} {'cpu':>8} | {'cpu vs ref':>10} {'cpu vs chunked':>14}"
@@ -188,8 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nms per image ({clock}, median of warm repeats); speed-up = other backend's time / cpu's time")
     print(hdr)
     print("-" * len(hdr))
-    for d, L, N in grid:
-        n_img = max(1, min(32, args.elems // (DIRECTIONS * d * L)))
+    for d, L, N, imgs in grid:
+        n_img = imgs or max(1, min(32, args.elems // (DIRECTIONS * d * L)))
         n_ref = max(1, n_img // 8)
         ins = make_inputs(n_img, d, L, N)
         ins_ref = [t[:n_ref] if t.dim() >= 3 else t for t in ins]
@@ -205,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
             ratio_ref = "-" if skip_ref else f"{t_ref / t_cpu:9.1f}x"
             print(
                 f"{d:>5} {L:>5} {N:>3} {'fwd+bwd' if bwd else 'fwd':>7} {n_img:>4} {n_ref:>4} | {ref_s:>10} "
-                f"{t_chk * 1e3:9.2f} {t_cpu * 1e3:8.3f} | {ratio_ref:>10} {t_chk / t_cpu:13.1f}x",
+                f"{t_chk * 1e3:9.3f} {t_cpu * 1e3:8.4f} | {ratio_ref:>10} {t_chk / t_cpu:13.1f}x",
                 flush=True,
             )
     if hasattr(os, "getloadavg"):

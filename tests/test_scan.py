@@ -7,6 +7,7 @@ uses its own float32 exp, softplus and sigmoid, accurate to a few ulp).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -74,9 +75,9 @@ def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rtol: float, name: str) -
     assert err <= rtol, f"{name}: relative error {err:.3e} > {rtol:.1e}"
 
 
-def compare(fn, ins, rtol: float) -> None:
-    y_ref, g_ref, dy = run(selective_scan_ref, ins)
-    y, g, _ = run(fn, ins, dy)
+def compare(fn, ins, rtol: float, **kw) -> None:
+    y_ref, g_ref, dy = run(functools.partial(selective_scan_ref, **kw), ins)
+    y, g, _ = run(functools.partial(fn, **kw), ins, dy)
     assert y.dtype == ins[0].dtype
     assert_close_rel(y, y_ref, rtol, "y")
     names = [n for n, t in zip(NAMES, ins, strict=True) if t is not None]
@@ -159,6 +160,65 @@ def test_cpu_matches_reference_float32(N, G):
 
 
 @needs_numba
+@pytest.mark.parametrize("L", [1, 4, 64])
+@pytest.mark.parametrize(
+    "dtype,rtol,with_D,with_bias,softplus",
+    [
+        (torch.float64, 1e-9, True, True, True),
+        (torch.float64, 1e-9, False, False, True),
+        (torch.float64, 1e-9, True, False, False),
+        (torch.float32, 2e-4, True, True, True),
+        (torch.float32, 2e-4, False, True, False),
+    ],
+)
+def test_cpu_d_state1_grouped(L, dtype, rtol, with_D, with_bias, softplus):
+    """The d_state 1 path (one task per batch element and group, channels in vector lanes): 4 groups as
+    SS2D makes them, forward and every gradient, with and without softplus, D and delta_bias."""
+    ins = make_inputs(Bt=3, Dch=32, L=L, N=1, G=4, with_D=with_D, with_bias=with_bias, dtype=dtype, seed=L)
+    if not softplus:  # raw delta (+ bias) is the step size: keep it positive
+        with torch.no_grad():
+            ins[1].abs_()
+            if with_bias:
+                ins[6].abs_()
+    compare(cpu.selective_scan_cpu, ins, rtol, delta_softplus=softplus)
+
+
+@needs_numba
+@pytest.mark.parametrize("L", [1, 4, 20])
+def test_cpu_d_state1_parallel_chunks(monkeypatch, L):
+    """The d_state 1 parallel kernels (per-chunk dA / dD / d delta_bias partials, summed in the kernel),
+    forced on whatever the thread count and problem size; ungrouped B/C as well."""
+    monkeypatch.setattr(cpu, "_chunks1", lambda ntask, elems: min(ntask, 3))
+    compare(cpu.selective_scan_cpu, make_inputs(Bt=5, Dch=8, L=L, N=1, G=4, seed=L), 1e-9)
+    compare(cpu.selective_scan_cpu, make_inputs(Bt=5, Dch=8, L=L, N=1, G=None, seed=L), 1e-9)
+
+
+@needs_numba
+@pytest.mark.parametrize("L", [3, 40])
+def test_cpu_d_state1_channel_slices(monkeypatch, L):
+    """Long d_state 1 sequences split a group's channels into slices (scratch within _SLICE elements):
+    dB and dC add up over a group's slices, also with parallel chunks."""
+    monkeypatch.setattr(cpu, "_SLICE", 16)
+    assert cpu._slices1(64, L) == 4  # slices of 16 channels, the narrowest allowed
+    ins = make_inputs(Bt=3, Dch=256, L=L, N=1, G=4, seed=L)
+    compare(cpu.selective_scan_cpu, ins, 1e-9)
+    monkeypatch.setattr(cpu, "_chunks1", lambda ntask, elems: min(ntask, 5))
+    compare(cpu.selective_scan_cpu, ins, 1e-9)
+
+
+@needs_numba
+@pytest.mark.parametrize("N", [1, 4])
+@pytest.mark.parametrize("Bt,L", [(0, 4), (2, 0)])
+def test_cpu_empty_batch_or_sequence(N, Bt, L):
+    ins = make_inputs(Bt=Bt, Dch=8, L=L, N=N, G=4)
+    y = cpu.selective_scan_cpu(*ins)
+    assert y.shape == (Bt, 8, L)
+    grads = torch.autograd.grad(y.sum(), ins)
+    for t, gr in zip(ins, grads, strict=True):
+        assert gr.shape == t.shape and not gr.any()
+
+
+@needs_numba
 def test_cpu_many_tasks_and_channel_slices():
     """Bt * G smaller than the thread count splits a group's channels into slices (partial dB/dC)."""
     ins = make_inputs(Bt=1, Dch=16, L=20, N=8, G=1)
@@ -168,8 +228,9 @@ def test_cpu_many_tasks_and_channel_slices():
 
 
 @needs_numba
-def test_cpu_non_contiguous_inputs():
-    Bt, Dch, L, N, G = 2, 6, 11, 4, 2
+@pytest.mark.parametrize("N", [1, 4])
+def test_cpu_non_contiguous_inputs(N):
+    Bt, Dch, L, G = 2, 6, 11, 2
     g = torch.Generator().manual_seed(3)
     dt = torch.float64
     u = torch.randn(Bt, L, Dch, generator=g, dtype=dt).transpose(1, 2).requires_grad_()
