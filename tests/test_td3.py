@@ -253,3 +253,19 @@ def test_base_normalisation_is_opt_in_updated_on_storage_and_checkpointed(tmp_pa
     plain = make(seq_len=2)
     plain.load_state_dict({k: v for k, v in agent.state_dict().items() if k != "extra"})
     assert not np.array_equal(plain.select_action(seq, d2, False), agent.select_action(seq, d2, False))
+
+
+def test_actor_reg_adds_the_pre_tanh_penalty_to_the_actor_loss():
+    K = 3
+    losses = {}
+    for reg in (0.0, 0.5):
+        agent = make(policy_freq=1, actor_reg=reg)
+        b = batch()
+        with torch.no_grad():
+            state_c = agent.critic_stream(b["base"][:, :K], b["depth"][:, :K])
+            pre = agent.actor.net(agent.actor_stream(b["base"][:, :K], b["depth"][:, :K]))
+            q = agent.critic.Q1(state_c, torch.tanh(pre)).mean()
+        agent._update_actor(b["base"][:, :K], b["depth"][:, :K], state_c)
+        losses[reg] = agent._last_actor_loss
+        assert agent._last_actor_loss == pytest.approx(float(-q + reg * pre.pow(2).mean()), rel=1e-5)
+    assert losses[0.5] > losses[0.0]

@@ -83,6 +83,7 @@ class VMambaTD3Agent(BaseAgent):
             args.policy_freq,
         )
         self.batch_size, self.grad_clip = args.batch_size, args.grad_clip
+        self.actor_reg = args.actor_reg
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
         if self.amp_dtype is not None and self.device.type != "cuda":
             self.amp_dtype = None  # autocast is a CUDA feature here; CPU bf16 is slower than fp32 on AVX2
@@ -386,7 +387,11 @@ class VMambaTD3Agent(BaseAgent):
                 state_actor = (
                     state_critic if self.share_encoder else self.actor_stream(base, depth, frame_index=index)
                 )
-                actor_loss = -self.critic.Q1(state_critic, self.actor(state_actor)).float().mean()
+                pre = self.actor.net(state_actor)  # pre-tanh action (B, A)
+                actor_loss = -self.critic.Q1(state_critic, torch.tanh(pre)).float().mean()
+                if self.actor_reg > 0:
+                    # keeps tanh out of saturation while the critic's action gradient is still noise
+                    actor_loss = actor_loss + self.actor_reg * pre.float().pow(2).mean()
             check_finite(self.total_it, actor_loss=actor_loss.item())
             agn = self._step(
                 actor_loss, self.actor_optimizer, self._clip_groups(self.actor_stream, self.actor)
