@@ -51,7 +51,12 @@ from vmamba_rl.training import Trainer, make_env
 # Run sizes for a 2-core CPU; ``--extra`` overrides any of them (and adds any other config option).
 # save_interval defaults to the step budget (one checkpoint at the end).
 DEFAULTS: dict[str, Any] = {
-    "modalities": ["lidar", "target"],
+    # target + action mask (two tokens for the attention fusion; the mask tells where obstacles are).
+    # Measured on easy after 4,000-8,000 steps: target alone ~95 % success; with lidar's 120 beams or
+    # 60-step episodes 0-55 %, so lidar is left out and episodes are short (the easy level needs ~7 steps).
+    "modalities": ["target", "action_mask"],
+    # HOPE's collision handling would end the episode with -5; the safety stop lets a CPU budget learn.
+    "env_kwargs": {"collision_stops": True, "collision_penalty": 0.0, "max_steps": 30},
     "embed_size": 64,
     "actor_hidden": [128, 128],
     "critic_hidden": [128, 128],

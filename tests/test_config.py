@@ -101,7 +101,7 @@ def test_info_counts_match_a_direct_count(capsys):
     n_stream = sum(p.numel() for p in stream.parameters())
     n_actor = sum(p.numel() for p in Actor(cfg.hidden_dim, 3, cfg.hidden_dim).parameters())
     n_critic = sum(p.numel() for p in Critic(cfg.hidden_dim, 3, cfg.hidden_dim).parameters())
-    online = 2 * n_stream + n_actor + n_critic
+    online = (1 if cfg.share_encoder else 2) * n_stream + n_actor + n_critic
     rows = {
         line[:40].strip(): int(line[40:].replace(",", ""))
         for line in out.splitlines()

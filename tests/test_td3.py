@@ -227,7 +227,7 @@ def test_distinct_frame_encoding_equals_window_encoding(algo):
 
 def test_base_normalisation_is_opt_in_updated_on_storage_and_checkpointed(tmp_path):
     assert make().normalizer is None  # the spec feeds the base vector raw
-    agent = make(normalize_keys=["base"], seq_len=2)
+    agent = make(normalize_base=True, seq_len=2)
     rng = np.random.default_rng(0)
     raw = [rng.normal(5.0, 3.0, 10).astype(np.float32) for _ in range(30)]
     depth = np.zeros((1, 64, 64), np.uint8)
@@ -243,7 +243,7 @@ def test_base_normalisation_is_opt_in_updated_on_storage_and_checkpointed(tmp_pa
     np.testing.assert_allclose(b["base"].numpy(), expect, rtol=1e-4, atol=1e-5)
     path = tmp_path / "n.pt"
     agent.save(str(path))
-    other = make(normalize_keys=["base"], seq_len=2)
+    other = make(normalize_base=True, seq_len=2)
     other.load(str(path))
     assert other.normalizer.rms["base"].count == 29
     seq = np.stack(raw[:2])

@@ -60,6 +60,7 @@ class TD3Config:
     ou_sigma_min: float = 0.01
     grad_clip: float = 10.0
     actor_reg: float = 0.0  # weight of mean(pre-tanh action^2) in the actor loss; 0 = the spec's TD3
+    normalize_base: bool = False  # running mean/std of the base vector; False = the spec (raw base)
     share_encoder: bool = False  # ablation: one encoder, critic trains it, actor reads detached features
     cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # td3 baseline's CNN
 
@@ -83,7 +84,7 @@ class SACConfig:
     actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
     critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
     image_encoder: str = "cnn"
-    normalize_keys: list[str] | None = None  # SAC: None = every vector modality; TD3: None = none
+    normalize_keys: list[str] | None = None  # None = every vector modality
     modalities: list[str] | None = None  # observation keys the agent reads; None = all (HOPE's USE_IMG...)
     sac_update_every: int = 1
 
@@ -236,7 +237,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         learning_starts=1000,
         buffer_size=20000,
         replay_segment=8,  # ~2x updates/s: runs of 8 windows share frames (benchmarks/train_speed.py)
-        updates_per_step=0.25,
+        updates_per_step=0.5,
+        # The small-budget TD3 recipe (README "Learning"): at a few thousand updates the spec's actor
+        # stream, trained only by the policy gradient, collapses to one action for every state.
+        share_encoder=True,
+        actor_reg=0.1,
+        actor_lr=1e-4,
+        tau=0.01,
+        gamma=0.98,
+        n_step=5,
+        normalize_base=True,
         eval_interval=3000,
         eval_episodes=10,
         save_interval=3000,
@@ -278,8 +288,9 @@ _HELP: dict[str, str] = {
     "amp": "mixed precision on CUDA: " + ", ".join(AMP_MODES),
     "level": "environment level (DroneNav: empty/easy/medium/hard; Parking: easy/normal/complex/extreme)",
     "env_kwargs": 'extra environment keywords as JSON, e.g. \'{"max_steps": 100, "image_height": 128}\'',
-    "normalize_keys": "observation keys with running mean/std normalisation (hope_sac default: every "
-    "vector modality; td3 / vmamba_td3 default: none, e.g. --normalize_keys base)",
+    "normalize_keys": "hope_sac: observation keys with running mean/std normalisation (default: every "
+    "vector modality)",
+    "normalize_base": "td3 / vmamba_td3: running mean/std normalisation of the base vector",
     "modalities": "observation keys the agent reads, e.g. lidar target (default: all of them)",
     "actor_reg": "L2 penalty on the actor's pre-tanh output (keeps TD3 off the corners of the action box)",
     "share_encoder": "one encoder for actor and critic (critic trains it, actor reads detached features)",

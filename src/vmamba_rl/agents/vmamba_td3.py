@@ -63,12 +63,10 @@ class VMambaTD3Agent(BaseAgent):
         )
         torch.manual_seed(args.seed)
         self.base_dim, self.depth_shape = base_dim, tuple(depth_shape)
-        # The spec feeds the base vector raw; --normalize_keys base adds running mean/std normalisation
+        # The spec feeds the base vector raw; --normalize_base adds running mean/std normalisation
         # (updated on stored steps only, so evaluation reads frozen statistics).
         self.normalizer = (
-            ObservationNormalizer(self.observation_space, args.normalize_keys)
-            if args.normalize_keys
-            else None
+            ObservationNormalizer(self.observation_space, ["base"]) if args.normalize_base else None
         )
         self._create_networks(args)
         self._configure_optimizers(args)
@@ -179,9 +177,9 @@ class VMambaTD3Agent(BaseAgent):
         return self.scaler.to_env(np.clip(a, -1.0, 1.0))
 
     def _norm_base(self, base: np.ndarray) -> np.ndarray:
-        """(..., Ds) raw base -> float32, normalised when ``--normalize_keys`` includes base."""
+        """(..., Ds) raw base -> float32, normalised with ``--normalize_base``."""
         base = np.asarray(base, np.float32)
-        if self.normalizer is None or "base" not in self.normalizer.keys:
+        if self.normalizer is None:
             return base
         return self.normalizer.normalize({"base": base})["base"]
 
