@@ -5,6 +5,10 @@ Stable-Baselines3's TD3 (MultiInputPolicy, NatureCNN on the K frames stacked as 
     python benchmarks/train_speed.py                   # cpu preset sizes, batch 64, K 4, 64x64
     python benchmarks/train_speed.py --batch_size 32 --updates 20
 
+Rows: each agent as the cpu preset runs it (one encoder shared by actor and critic, batches as runs
+of 8 windows whose shared frames are encoded once) and with the spec's update (an encoder stream per
+side, independent windows), same sizes.
+
 Updates are timed on a replay buffer pre-filled with random DroneNav-v0 (easy) steps; environment
 steps/s include acting with the policy (one forward of the actor stream per step).
 """
@@ -38,7 +42,11 @@ def _machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def bench_ours(algo: str, args: argparse.Namespace) -> dict[str, float]:
+# The spec's update: one encoder stream per side and independent windows (the cpu preset's sizes).
+SPEC_UPDATE = {"share_encoder": False, "replay_segment": 1}
+
+
+def bench_ours(algo: str, args: argparse.Namespace, **overrides) -> dict[str, float]:
     cfg = make_config(
         "cpu",
         algorithm_name=algo,
@@ -46,6 +54,7 @@ def bench_ours(algo: str, args: argparse.Namespace) -> dict[str, float]:
         seq_len=args.seq_len,
         level="easy",
         scan_backend=args.scan_backend,
+        **overrides,
     )
     env = make_env(cfg)
     agent = make_agent(env, None, cfg)
@@ -146,12 +155,14 @@ def main() -> None:
     )
     rows = {
         "vmamba_td3 (cpu preset)": bench_ours("vmamba_td3", args),
-        "td3 (CNN baseline)": bench_ours("td3", args),
+        "vmamba_td3 (spec update)": bench_ours("vmamba_td3", args, **SPEC_UPDATE),
+        "td3 (CNN, cpu preset)": bench_ours("td3", args),
+        "td3 (CNN, spec update)": bench_ours("td3", args, **SPEC_UPDATE),
     }
     sb3 = bench_sb3(args)
     if sb3 is not None:
         rows["SB3 TD3 MultiInputPolicy"] = sb3
-    base = rows.get("SB3 TD3 MultiInputPolicy", rows["td3 (CNN baseline)"])
+    base = rows.get("SB3 TD3 MultiInputPolicy", rows["td3 (CNN, cpu preset)"])
     base_name = "SB3" if sb3 is not None else "td3"
     ratio = f"updates vs {base_name}"
     print(f"{'algorithm':<28} {'params':>10} {'updates/s':>10} {'env steps/s':>12} {ratio:>16}")
