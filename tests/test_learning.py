@@ -129,7 +129,7 @@ def test_hope_sac_learns_to_park_on_easy_level(tmp_path):
         buffer_size=50000,
         replay_segment=1,  # the cpu preset's runs of 8 only speed up the TD3 encoders
         learning_starts=1000,
-        max_timesteps=4000,
+        max_timesteps=7000,
         updates_per_step=1.0,
         n_step=5,
         gamma=0.98,
