@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 import vmamba_rl  # noqa: F401  (registers the environments)
+from vmamba_rl.runtime import cpu_model
 
 
 @dataclass
@@ -91,13 +92,9 @@ def ms_per_call(fn: Callable[[], object], min_time: float = 0.3) -> float:
 
 
 def machine_info() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import numba
+
+    cpu = cpu_model()
 
     return (
         f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, numpy {np.__version__}, "

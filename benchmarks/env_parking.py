@@ -40,21 +40,14 @@ from vmamba_rl.envs.parking import (
     _first_blocked_nb,
     _rollout_nb,
 )
+from vmamba_rl.runtime import cpu_model
 
 COMPONENTS = ("physics", "lidar", "lidar numpy", "image", "mask", "reward")
 
 
 def machine_info() -> dict[str, str]:
     """CPU model, core count and library versions."""
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "logical_cores": str(os.cpu_count()),

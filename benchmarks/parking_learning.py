@@ -34,7 +34,6 @@ import argparse
 import copy
 import json
 import math
-import platform
 import shutil
 import sys
 import time
@@ -46,6 +45,7 @@ import torch
 
 from vmamba_rl.config import Config, ConfigError, make_config
 from vmamba_rl.evaluation import evaluate
+from vmamba_rl.runtime import cpu_model
 from vmamba_rl.training import Trainer, make_env
 
 # Run sizes for a 2-core CPU; ``--extra`` overrides any of them (and adds any other config option).
@@ -86,18 +86,6 @@ FIXED = (
 )
 
 LEVELS = ("easy", "normal", "complex", "extreme")
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (platform's guess elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def run_name(fusion: str, level: str, seed: int) -> str:

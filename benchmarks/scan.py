@@ -34,21 +34,10 @@ import torch
 
 from vmamba_rl.ops.scan_chunked import selective_scan_chunked
 from vmamba_rl.ops.scan_reference import selective_scan_ref
-from vmamba_rl.runtime import configure_cpu
+from vmamba_rl.runtime import configure_cpu, cpu_model
 
 DIRECTIONS = 4
 PRESET_IMAGES = 100  # the cpu preset's training batch
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_inputs(n_img: int, d: int, L: int, N: int, seed: int = 0) -> list[torch.Tensor]:

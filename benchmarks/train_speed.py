@@ -16,7 +16,6 @@ steps/s include acting with the policy (one forward of the actor stream per step
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import gymnasium as gym
@@ -26,20 +25,12 @@ import torch
 from vmamba_rl.agents.vmamba_td3 import make_agent
 from vmamba_rl.config import make_config
 from vmamba_rl.envs.wrappers import SequenceHistory
-from vmamba_rl.runtime import configure_cpu
+from vmamba_rl.runtime import configure_cpu, cpu_model
 from vmamba_rl.training import last_frames, make_env
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return f"{cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 # The spec's update: one encoder stream per side and independent windows (the cpu preset's sizes).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
 import sys
 
 import torch
@@ -108,3 +109,15 @@ def micro_batches(n: int, per_item_bytes: int, limit_bytes: int = 32 << 20) -> i
     if per_item_bytes == 0:
         return n
     return max(1, min(n, limit_bytes // per_item_bytes))
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux); platform's guess elsewhere (benchmark headers)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
