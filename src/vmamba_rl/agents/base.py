@@ -20,6 +20,7 @@ from torch import nn
 
 from vmamba_rl.checkpoint import FORMAT, VERSION, CheckpointError, atomic_torch_save, safe_torch_load
 from vmamba_rl.config import Config
+from vmamba_rl.normalization import ObservationNormalizer
 
 
 class NonFiniteError(FloatingPointError):
@@ -110,6 +111,7 @@ class BaseAgent(ABC):
         self.action_dim = int(np.prod(action_space.shape))
         self.seq_len = cfg.seq_len
         self.total_it = 0
+        self.normalizer: ObservationNormalizer | None = None  # subclasses that normalise set one
         self.replay_buffer = SequenceReplayBuffer(
             cfg.buffer_size,
             cfg.seq_len,
@@ -139,7 +141,13 @@ class BaseAgent(ABC):
         terminated: bool,
         truncated: bool,
     ) -> None:
-        """Single-step observations and an environment-unit action into the replay buffer."""
+        """Single-step observations (stored raw) and an environment-unit action into the replay buffer.
+
+        ``obs`` also updates the agent's observation normaliser, if it has one (``next_obs`` is the next
+        transition's ``obs``, so each observation is counted once); acting never updates it.
+        """
+        if self.normalizer is not None:
+            self.normalizer.update(obs)
         self.replay_buffer.add(
             obs, self.scaler.to_norm(action), float(reward), next_obs, terminated, truncated
         )

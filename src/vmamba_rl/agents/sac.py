@@ -252,20 +252,6 @@ class HopeSACAgent(BaseAgent):
         return w[:, 0].cpu().numpy(), list(self.actor.encoder.token_names)
 
     # --- learning -----------------------------------------------------------------------------------
-    def store_transition(
-        self,
-        obs: dict[str, np.ndarray],
-        action: np.ndarray,
-        reward: float,
-        next_obs: dict[str, np.ndarray],
-        terminated: bool,
-        truncated: bool,
-    ) -> None:
-        """Raw single-step observations into replay; each observation updates the normalisers once
-        (``obs`` only: ``next_obs`` is the next transition's ``obs``)."""
-        self.normalizer.update(obs)
-        super().store_transition(obs, action, reward, next_obs, terminated, truncated)
-
     def train(self, progress_ratio: float = 0.0) -> dict[str, float] | None:
         """Sample a batch and :meth:`update`; None while the buffer holds fewer than ``batch_size``."""
         if len(self.replay_buffer) < self.batch_size:

@@ -183,20 +183,6 @@ class VMambaTD3Agent(BaseAgent):
             return base
         return self.normalizer.normalize({"base": base})["base"]
 
-    def store_transition(
-        self,
-        obs: dict[str, np.ndarray],
-        action: np.ndarray,
-        reward: float,
-        next_obs: dict[str, np.ndarray],
-        terminated: bool,
-        truncated: bool,
-    ) -> None:
-        """As the base class; each stored observation also updates the normaliser, if any."""
-        if self.normalizer is not None:
-            self.normalizer.update(obs)
-        super().store_transition(obs, action, reward, next_obs, terminated, truncated)
-
     def act(self, obs_seq: dict[str, np.ndarray], explore: bool = True) -> np.ndarray:
         return self.select_action(obs_seq["base"], obs_seq["depth"], noise=explore)
 
