@@ -21,6 +21,20 @@ def _crash(summary: dict) -> float:
     return summary["collision_rate"] + summary["out_of_bounds_rate"]
 
 
+def _train_and_compare(cfg) -> tuple[dict, dict]:
+    """Evaluate the untrained agent, train it, and return (untrained, trained) summaries over the same
+    ``eval_episodes`` seeded episodes (the loop's final evaluation uses seed 10_000 + seed too)."""
+    trainer = Trainer(cfg, quiet=True)
+    before = evaluate(trainer.agent, trainer.eval_env, cfg.eval_episodes, seed=10_000 + cfg.seed)
+    after = trainer.run()
+    print(
+        f"untrained: success {before['success_rate']:.2f}, crash {_crash(before):.2f}, return "
+        f"{before['mean_return']:.1f}; trained: success {after['success_rate']:.2f}, crash "
+        f"{_crash(after):.2f}, return {after['mean_return']:.1f}"
+    )
+    return before, after
+
+
 # Goals within ~3-8 m, 60 steps, a yaw rate of 45 deg/s (the task's is 15) and almost no climb rate,
 # no distance penalty and no timeout penalty: the navigation core of DroneNav in a few hundred updates.
 NAV_CORE = {
@@ -62,13 +76,7 @@ def test_vmamba_td3_learns_to_reach_goals_on_dronenav(tmp_path):
         env_kwargs=NAV_CORE,
         seed=0,
     )
-    trainer = Trainer(cfg, quiet=True)
-    before = evaluate(trainer.agent, trainer.eval_env, 10, seed=10_000 + cfg.seed)
-    after = trainer.run()
-    print(
-        f"untrained: success {before['success_rate']:.2f}, crash {_crash(before):.2f}; trained: success "
-        f"{after['success_rate']:.2f}, crash {_crash(after):.2f}, return {after['mean_return']:.1f}"
-    )
+    before, after = _train_and_compare(cfg)
     assert before["success_rate"] <= 0.2
     assert after["success_rate"] >= before["success_rate"] + 0.3
     assert _crash(after) <= 0.2
@@ -98,10 +106,7 @@ def test_hope_sac_learns_to_reach_goals_on_dronenav(tmp_path):
         env_kwargs=NAV_CORE,
         seed=0,
     )
-    trainer = Trainer(cfg, quiet=True)
-    before = evaluate(trainer.agent, trainer.eval_env, 10, seed=10_000 + cfg.seed)
-    after = trainer.run()
-    print(f"untrained success {before['success_rate']:.2f}; trained success {after['success_rate']:.2f}")
+    before, after = _train_and_compare(cfg)
     assert before["success_rate"] <= 0.2
     assert after["success_rate"] >= before["success_rate"] + 0.5
 
@@ -137,12 +142,6 @@ def test_hope_sac_learns_to_park_on_easy_level(tmp_path):
         env_kwargs={"collision_stops": True, "collision_penalty": 0.0, "max_steps": 30},
         seed=0,
     )
-    trainer = Trainer(cfg, quiet=True)
-    before = evaluate(trainer.agent, trainer.eval_env, 20, seed=10_000 + cfg.seed)
-    after = trainer.run()
-    print(
-        f"untrained: success {before['success_rate']:.2f}, return {before['mean_return']:.2f}; trained: "
-        f"success {after['success_rate']:.2f}, return {after['mean_return']:.2f}"
-    )
+    before, after = _train_and_compare(cfg)
     assert before["success_rate"] <= 0.1
     assert after["success_rate"] >= before["success_rate"] + 0.5
