@@ -70,6 +70,7 @@ def test_json_round_trip():
         (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
         (["--replay_segment", "0"], "--replay_segment must be >= 1, got 0"),
         (["--n_step", "0"], "--n_step must be >= 1, got 0"),
+        (["--action_repeat", "0"], "--action_repeat must be >= 1, got 0"),
         (["--actor_reg=-0.1"], "--actor_reg must be >= 0, got -0.1"),
         (["--vmamba_patch_size", "3"], "--vmamba_patch_size must be a power of 2"),
         (["--fusion", "sum"], "--fusion must be one of mlp, attention"),

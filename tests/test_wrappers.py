@@ -1,4 +1,4 @@
-"""SequenceHistory: padding at reset, sliding window, spaces, and use on DroneNav-v0."""
+"""SequenceHistory: padding at reset, sliding window, spaces, and use on DroneNav-v0; ActionRepeat."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
 
 import vmamba_rl  # noqa: F401  (registers the environments)
-from vmamba_rl.envs.wrappers import SequenceHistory, last_frame
+from vmamba_rl.envs.wrappers import ActionRepeat, SequenceHistory, last_frame
 
 
 class CounterEnv(gym.Env):
@@ -115,3 +115,39 @@ def test_drone_nav_history_shapes() -> None:
     obs, *_ = env.step(np.array([2.0, 0.0, 0.2], np.float32))
     np.testing.assert_array_equal(obs["depth"][:3], np.repeat(first[None], 3, axis=0))
     assert env.observation_space.contains(obs)
+
+
+class RewardCounterEnv(CounterEnv):
+    """CounterEnv whose reward is the step number and which terminates at step ``end``."""
+
+    def __init__(self, end: int) -> None:
+        super().__init__(as_dict=True)
+        self.end = end
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        obs, _, _, truncated, _ = super().step(action)
+        return obs, float(self.t), self.t >= self.end, truncated, {"t": self.t}
+
+
+def test_action_repeat_sums_rewards_and_stops_at_the_episode_end() -> None:
+    env = ActionRepeat(RewardCounterEnv(end=7), 3)
+    env.reset(seed=0)
+    obs, r, te, tr, info = env.step(0)
+    assert (r, te, info["t"], obs["base"][0]) == (1 + 2 + 3, False, 3, 3)
+    obs, r, te, tr, info = env.step(0)
+    assert (r, te, info["t"]) == (4 + 5 + 6, False, 6)
+    obs, r, te, tr, info = env.step(0)  # terminates after one of the three repeats
+    assert (r, te, info["t"]) == (7, True, 7)
+    with pytest.raises(ValueError, match="action repeat must be an integer >= 1, got 0"):
+        ActionRepeat(RewardCounterEnv(end=7), 0)
+
+
+def test_make_env_applies_action_repeat_on_drone_nav() -> None:
+    from vmamba_rl.config import make_config
+    from vmamba_rl.training import make_env
+
+    cfg = make_config("cpu", level="empty", action_repeat=2)
+    env = make_env(cfg)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert info["steps"] == 2  # simulator steps; the agent made one decision

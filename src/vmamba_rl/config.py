@@ -103,6 +103,7 @@ class TrainConfig:
     seq_len: int = 4
     replay_segment: int = 1  # transitions per sampled run; > 1 lets TD3 encode shared frames once
     n_step: int = 1  # n-step TD targets (1 = the spec's one-step TD3 / SAC target)
+    action_repeat: int = 1  # simulator steps per agent decision (1 = the spec: one decision per step)
     learning_starts: int = 2000
     updates_per_step: float = 1.0
     seed: int = 0
@@ -283,6 +284,8 @@ _HELP: dict[str, str] = {
     "algorithm_name": "one of " + ", ".join(ALGORITHMS),
     "replay_segment": "sample batches as runs of this many consecutive transitions (1 = independent); "
     "the TD3 agents then encode each distinct frame once, ~(M+K)/M instead of K frames per window",
+    "action_repeat": "hold each action for this many environment steps, rewards summed (1 = off); "
+    "--max_timesteps, intervals and logs then count agent decisions",
     "n_step": "n-step returns in the critic targets (1 = one-step TD as in the spec)",
     "updates_per_step": "gradient updates per env step after learning_starts (0.25 = one per 4 steps)",
     "amp": "mixed precision on CUDA: " + ", ".join(AMP_MODES),
@@ -481,6 +484,7 @@ def validate(cfg: Config) -> None:
     _check(tr.seq_len >= 1, f"--seq_len must be >= 1, got {tr.seq_len}")
     _check(tr.batch_size >= 1, f"--batch_size must be >= 1, got {tr.batch_size}")
     _check(tr.n_step >= 1, f"--n_step must be >= 1, got {tr.n_step}")
+    _check(tr.action_repeat >= 1, f"--action_repeat must be >= 1, got {tr.action_repeat}")
     _check(tr.replay_segment >= 1, f"--replay_segment must be >= 1, got {tr.replay_segment}")
     _check(
         tr.buffer_size > tr.seq_len + 1,

@@ -31,10 +31,10 @@ REPLAY = "replay.npz"
 
 
 def make_env(cfg: Config, render_mode: str | None = None, level: str | None = None) -> gym.Env:
-    """``gymnasium.make(env_name, level=...)``, reduced to ``--modalities`` if given, wrapped in the K-step
-    SequenceHistory the agents read."""
+    """``gymnasium.make(env_name, level=...)``, reduced to ``--modalities`` if given, with
+    ``--action_repeat``, wrapped in the K-step SequenceHistory the agents read."""
     import vmamba_rl.envs  # noqa: F401  (registration)
-    from vmamba_rl.envs.wrappers import SequenceHistory
+    from vmamba_rl.envs.wrappers import ActionRepeat, SequenceHistory
 
     kwargs: dict[str, Any] = dict(cfg.env_kwargs or {})
     lvl = level or cfg.level
@@ -59,6 +59,8 @@ def make_env(cfg: Config, render_mode: str | None = None, level: str | None = No
                 f"--modalities {missing} not in {cfg.env_name}'s observations; it has {available}"
             )
         env = gym.wrappers.FilterObservation(env, list(cfg.modalities))
+    if cfg.action_repeat > 1:
+        env = ActionRepeat(env, cfg.action_repeat)
     return SequenceHistory(env, cfg.seq_len)
 
 
