@@ -97,6 +97,20 @@ def test_chunked_matches_reference_float64(G, with_D, with_bias):
     compare(selective_scan_chunked, ins, 1e-6)
 
 
+def test_chunked_result_does_not_depend_on_the_memory_cap(monkeypatch):
+    """The cap (CPU 4M elements, GPU 64M) only changes micro-batches and chunk lengths, not the result."""
+    import vmamba_rl.ops.scan_chunked as sc
+
+    ins = make_inputs(Bt=6, Dch=8, L=64, N=4, G=2, mamba_init=True)
+    y_big, g_big, dy = run(selective_scan_chunked, ins)
+    # 8 x 4 x 8 = 256 elements: micro-batches of one sequence and chunks of 8 steps
+    monkeypatch.setitem(sc._CHUNK_ELEMS, "cpu", 256)
+    y_small, g_small, _ = run(selective_scan_chunked, ins, dy)
+    assert_close_rel(y_small, y_big, 1e-10, "y")
+    for name, a, b in zip(NAMES, g_small, g_big, strict=True):
+        assert_close_rel(a, b, 1e-10, "d" + name)
+
+
 def test_chunked_no_softplus_and_odd_lengths():
     for L in (1, 2, 65):
         ins = make_inputs(L=L, N=3)

@@ -192,13 +192,16 @@ def test_make_agent_from_env_and_unknown_algorithm():
 
 
 @pytest.mark.parametrize("algo", [VMambaTD3Agent, TD3Agent])
-def test_distinct_frame_encoding_equals_window_encoding(algo):
+@pytest.mark.parametrize("bucket", [1, 16])
+def test_distinct_frame_encoding_equals_window_encoding(algo, bucket):
     """A replay sample with shared frames: encoding each distinct frame once (frame_ids) gives the same
-    update as encoding every window position, and encodes fewer frames."""
+    update as encoding every window position, and encodes fewer frames. ``bucket`` 16 pads the distinct
+    frames to a multiple of 16 as the agent does on a GPU (32 there)."""
     env = make_env(tiny_config(level="empty"))
     kw = dict(replay_segment=8, batch_size=16, policy_freq=1, seq_len=3, scan_backend="chunked")
     agents = [make_agent(env, None, tiny_config(algorithm_name=algo.algorithm, **kw)) for _ in range(2)]
     agents[1].load_state_dict(agents[0].state_dict())
+    agents[0].frame_bucket = bucket
     obs, _ = env.reset(seed=0)
     env.action_space.seed(0)
     from vmamba_rl.training import last_frames
@@ -212,7 +215,9 @@ def test_distinct_frame_encoding_equals_window_encoding(algo):
     deduped = agents[0].batch_to_tensors(sample)
     plain = agents[1].batch_to_tensors({k: v for k, v in sample.items() if k != "frame_ids"})
     assert "depth_state" not in plain
-    assert deduped["depth_state"].shape[0] < 16 * 3 / 2  # runs of 8 share most frames
+    distinct = int(deduped["index_state"].max()) + 1
+    assert distinct < 16 * 3 / 2  # runs of 8 share most frames
+    assert deduped["depth_state"].shape[0] == -(-distinct // bucket) * bucket
     window = torch.as_tensor(sample["obs"]["depth"])
     torch.testing.assert_close(plain["depth"], window[:, :3], rtol=0, atol=0)
     torch.testing.assert_close(plain["next_depth"], window[:, 1:], rtol=0, atol=0)

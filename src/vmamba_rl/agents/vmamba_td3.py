@@ -86,6 +86,10 @@ class VMambaTD3Agent(BaseAgent):
         if self.amp_dtype is not None and self.device.type != "cuda":
             self.amp_dtype = None  # autocast is a CUDA feature here; CPU bf16 is slower than fp32 on AVX2
         self.scaler_amp = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        # cuDNN builds an execution plan for each new input shape (measured ~40 ms of CPU time per conv
+        # call on an H200); the number of distinct frames in a batch varies, so on a GPU it is rounded
+        # up to a multiple of this by encoding repeats of one frame, and few shapes ever occur.
+        self.frame_bucket = 32 if self.device.type == "cuda" else 1
         self._last_actor_loss = float("nan")
 
     # --- construction -----------------------------------------------------------------------------
@@ -213,7 +217,8 @@ class VMambaTD3Agent(BaseAgent):
         Returns ``base`` / ``next_base`` (B, K, Ds), ``action``, ``reward``, ``terminated``, ``discount``
         (B, 1), and the depth of each side: with ``frame_ids`` in the sample, its distinct frames
         ``depth_state`` / ``depth_next`` (U, C, H, W) plus ``index_state`` / ``index_next`` (B, K), so
-        each stream encodes a shared frame once; without, ``depth`` / ``next_depth`` (B, K, C, H, W).
+        each stream encodes a shared frame once (U rounded up to ``frame_bucket``); without, ``depth`` /
+        ``next_depth`` (B, K, C, H, W).
         The next side is ``obs[:, 1:]``, or ``next_obs`` (n-step samples).
         """
         base, depth = self._norm_base(batch["obs"]["base"]), np.asarray(batch["obs"]["depth"])
@@ -252,6 +257,9 @@ class VMambaTD3Agent(BaseAgent):
                 out["depth" if side == "state" else "next_depth"] = tensor(frames)
                 continue
             _, first, inverse = np.unique(ids.ravel(), return_index=True, return_inverse=True)
+            pad = -len(first) % self.frame_bucket
+            if pad:  # extra copies of the first frame, never indexed
+                first = np.concatenate([first, np.full(pad, first[0])])
             out[f"depth_{side}"] = tensor(frames.reshape(-1, *frames.shape[2:])[first])
             out[f"index_{side}"] = tensor(inverse.reshape(ids.shape))
         return out
