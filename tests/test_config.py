@@ -71,6 +71,7 @@ def test_json_round_trip():
         (["--replay_segment", "0"], "--replay_segment must be >= 1, got 0"),
         (["--n_step", "0"], "--n_step must be >= 1, got 0"),
         (["--action_repeat", "0"], "--action_repeat must be >= 1, got 0"),
+        (["--critic_norm", "batch"], "--critic_norm must be one of joint, state, got 'batch'"),
         (["--actor_reg=-0.1"], "--actor_reg must be >= 0, got -0.1"),
         (["--vmamba_patch_size", "3"], "--vmamba_patch_size must be a power of 2"),
         (["--fusion", "sum"], "--fusion must be one of mlp, attention"),
@@ -101,7 +102,7 @@ def test_info_counts_match_a_direct_count(capsys):
     stream = EncoderStream.vmamba(cfg.vmamba, 10, (1, 64, 64))
     n_stream = sum(p.numel() for p in stream.parameters())
     n_actor = sum(p.numel() for p in Actor(cfg.hidden_dim, 3, cfg.hidden_dim).parameters())
-    n_critic = sum(p.numel() for p in Critic(cfg.hidden_dim, 3, cfg.hidden_dim).parameters())
+    n_critic = sum(p.numel() for p in Critic(cfg.hidden_dim, 3, cfg.hidden_dim, cfg.critic_norm).parameters())
     online = (1 if cfg.share_encoder else 2) * n_stream + n_actor + n_critic
     rows = {
         line[:40].strip(): int(line[40:].replace(",", ""))

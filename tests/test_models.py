@@ -116,6 +116,34 @@ def test_stream_shapes_follow_spec(K, B):
     assert torch.allclose(critic.Q1(ctx, a), q1)
 
 
+def test_state_norm_critic_keeps_the_action_visible_at_any_context_scale():
+    """With the spec's joint LayerNorm over [context, action], scaling the context up shrinks the action's
+    share of the normalised input, so dQ/da fades; normalising the context alone makes Q invariant to the
+    context's scale and leaves dQ/da intact."""
+    from vmamba_rl.models.heads import Critic
+
+    torch.manual_seed(0)
+    ctx, a = torch.randn(8, 16), torch.rand(8, 3) * 2 - 1
+    for norm in ("joint", "state"):
+        critic = Critic(16, 3, 32, input_norm=norm)
+        for layer in (critic.q1[-1], critic.q2[-1]):  # an output layer as after training, not ~0
+            torch.nn.init.normal_(layer.weight)
+
+        def grad_a(scale: float, critic=critic) -> torch.Tensor:
+            act = a.clone().requires_grad_(True)
+            critic.Q1(ctx * scale, act).sum().backward()
+            return act.grad
+
+        g1, g100 = grad_a(1.0), grad_a(100.0)
+        if norm == "state":
+            torch.testing.assert_close(g100, g1, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(critic.Q1(ctx * 100, a), critic.Q1(ctx, a), rtol=1e-4, atol=1e-5)
+        else:
+            assert g100.norm() < 0.05 * g1.norm()  # the joint norm hides the action
+    with pytest.raises(ValueError, match="input_norm must be one of joint, state, got 'x'"):
+        Critic(16, 3, 32, input_norm="x")
+
+
 def test_component_shapes():
     B, K = 5, 4
     assert StateMLP(10, 8)(torch.randn(B, K, 10)).shape == (B, K, 8)

@@ -62,6 +62,7 @@ class TD3Config:
     actor_reg: float = 0.0  # weight of mean(pre-tanh action^2) in the actor loss; 0 = the spec's TD3
     normalize_base: bool = False  # running mean/std of the base vector; False = the spec (raw base)
     share_encoder: bool = False  # ablation: one encoder, critic trains it, actor reads detached features
+    critic_norm: str = "joint"  # critic input LayerNorm: "joint" = the spec's over [context, action]
     cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # td3 baseline's CNN
 
 
@@ -179,6 +180,7 @@ SCAN_BACKENDS = ("auto", "reference", "chunked", "cpu")
 FUSIONS = ("mlp", "attention")
 IMAGE_ENCODERS = ("cnn", "vmamba")
 AMP_MODES = ("off", "bf16", "fp16")
+CRITIC_NORMS = ("joint", "state")
 
 # Presets: the spec's three configurations, a CPU preset sized by measurement on a 2-core machine
 # (README "Presets"), and HOPE's own SAC hyperparameters.
@@ -242,6 +244,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # The small-budget TD3 recipe (README "Learning"): at a few thousand updates the spec's actor
         # stream, trained only by the policy gradient, collapses to one action for every state.
         share_encoder=True,
+        critic_norm="state",
         actor_reg=0.1,
         actor_lr=1e-4,
         tau=0.01,
@@ -286,6 +289,8 @@ _HELP: dict[str, str] = {
     "the TD3 agents then encode each distinct frame once, ~(M+K)/M instead of K frames per window",
     "action_repeat": "hold each action for this many environment steps, rewards summed (1 = off); "
     "--max_timesteps, intervals and logs then count agent decisions",
+    "critic_norm": "critic input LayerNorm: joint (the spec: over context and action together) or state "
+    "(context only, action appended raw)",
     "n_step": "n-step returns in the critic targets (1 = one-step TD as in the spec)",
     "updates_per_step": "gradient updates per env step after learning_starts (0.25 = one per 4 steps)",
     "amp": "mixed precision on CUDA: " + ", ".join(AMP_MODES),
@@ -484,6 +489,10 @@ def validate(cfg: Config) -> None:
     _check(tr.seq_len >= 1, f"--seq_len must be >= 1, got {tr.seq_len}")
     _check(tr.batch_size >= 1, f"--batch_size must be >= 1, got {tr.batch_size}")
     _check(tr.n_step >= 1, f"--n_step must be >= 1, got {tr.n_step}")
+    _check(
+        t.critic_norm in CRITIC_NORMS,
+        f"--critic_norm must be one of {', '.join(CRITIC_NORMS)}, got {t.critic_norm!r}",
+    )
     _check(tr.action_repeat >= 1, f"--action_repeat must be >= 1, got {tr.action_repeat}")
     _check(tr.replay_segment >= 1, f"--replay_segment must be >= 1, got {tr.replay_segment}")
     _check(

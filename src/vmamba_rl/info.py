@@ -38,7 +38,7 @@ def network_table(
     vcfg = cfg.vmamba
     stream = EncoderStream.vmamba(vcfg, base_dim, depth_shape)
     actor = Actor(vcfg.hidden_dim, action_dim, vcfg.hidden_dim)
-    critic = Critic(vcfg.hidden_dim, action_dim, vcfg.hidden_dim)
+    critic = Critic(vcfg.hidden_dim, action_dim, vcfg.hidden_dim, cfg.td3.critic_norm)
     bb = stream.visual.backbone
     rows = [
         ("VMambaRLTiny.patch_embed", count_params(bb.patch_embed)),

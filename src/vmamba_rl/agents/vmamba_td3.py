@@ -105,7 +105,9 @@ class VMambaTD3Agent(BaseAgent):
         self.critic_stream = stream()
         self.actor_stream = None if self.share_encoder else stream()
         self.actor = Actor(args.hidden_dim, self.action_dim, args.hidden_dim).to(self.device)
-        self.critic = Critic(args.hidden_dim, self.action_dim, args.hidden_dim).to(self.device)
+        self.critic = Critic(args.hidden_dim, self.action_dim, args.hidden_dim, args.critic_norm).to(
+            self.device
+        )
         self._create_target_networks()
 
     def _create_target_networks(self) -> None:
