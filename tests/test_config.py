@@ -48,6 +48,13 @@ def test_explicit_flags_override_preset():
     assert cfg.vmamba_hidden_dim == 64  # from the preset
 
 
+def test_curriculum_stages_parse_as_json_objects():
+    cfg = parse_config(["--curriculum", '{"goal_wall_margin": 19}', "{}", "--curriculum_window", "20"])
+    assert cfg.curriculum == [{"goal_wall_margin": 19}, {}] and cfg.curriculum_window == 20
+    back = Config.from_dict(json.loads(cfg.to_json()))
+    assert back.curriculum == cfg.curriculum
+
+
 def test_json_round_trip():
     cfg = make_config("cpu", seed=3)
     back = Config.from_dict(json.loads(cfg.to_json()))
@@ -71,6 +78,8 @@ def test_json_round_trip():
         (["--replay_segment", "0"], "--replay_segment must be >= 1, got 0"),
         (["--n_step", "0"], "--n_step must be >= 1, got 0"),
         (["--action_repeat", "0"], "--action_repeat must be >= 1, got 0"),
+        (["--curriculum_threshold", "0"], "--curriculum_threshold must be in (0, 1], got 0.0"),
+        (["--curriculum", "[1]"], "expected a JSON object, got '[1]'"),
         (["--critic_norm", "batch"], "--critic_norm must be one of joint, state, got 'batch'"),
         (["--actor_reg=-0.1"], "--actor_reg must be >= 0, got -0.1"),
         (["--vmamba_patch_size", "3"], "--vmamba_patch_size must be a power of 2"),

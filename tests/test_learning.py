@@ -50,7 +50,8 @@ NAV_CORE = {
 @pytest.mark.slow
 def test_vmamba_td3_learns_to_reach_goals_on_dronenav(tmp_path):
     """VMamba-TD3 (tiny) on the navigation core of DroneNav-v0, with the small-budget recipe (README
-    "Learning"): one encoder trained by the critic and read detached by the actor, a pre-tanh penalty
+    "Learning"): one encoder trained by the critic and read detached by the actor, the critic's input
+    norm on the context alone, a pre-tanh penalty
     and a slower actor, 5-step returns, normalised base vector. Untrained it crashes into the walls."""
     cfg = tiny_config(
         tmp_path,
@@ -66,6 +67,7 @@ def test_vmamba_td3_learns_to_reach_goals_on_dronenav(tmp_path):
         max_timesteps=3000,
         updates_per_step=1.0,
         share_encoder=True,
+        critic_norm="state",
         actor_reg=0.1,
         actor_lr=1e-4,
         tau=0.01,

@@ -172,3 +172,40 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
     ck = safe_torch_load(Path(tr.run_dir) / CHECKPOINT)
     assert 0 < ck["loop"]["step"] < 400
     assert all(torch.isfinite(v).all() for v in ck["modules"]["critic"].values())
+
+
+def test_curriculum_moves_to_the_task_after_a_successful_stage_and_resumes_there(tmp_path):
+    """Stage 0 makes every episode a success (a 100 m goal radius): after ``curriculum_window`` of them
+    training moves to the task itself, whose episodes take many steps; evaluation runs the task all along,
+    and a resumed run continues in the stage it had reached."""
+    kw = dict(
+        max_timesteps=60,
+        learning_starts=1000,  # random actions only: the test is about the loop
+        curriculum=[{"success_radius": 100.0}],
+        curriculum_window=5,
+        curriculum_threshold=0.8,
+        env_kwargs={"max_steps": 20},
+        eval_episodes=2,
+        eval_interval=0,
+    )
+    tr = Trainer(tiny_config(tmp_path, run_name="cur", **kw), quiet=True)
+    assert tr.env.unwrapped.task.success_radius == 100.0
+    assert tr.eval_env.unwrapped.task.success_radius == 2.0  # the task's own value
+    final = tr.run()
+    episodes = list(csv.DictReader(open(tr.run_dir / "episodes.csv")))
+    first = episodes[:5]
+    assert all(e["stage"] == "0" and e["success"] == "1" and e["length"] == "1" for e in first)
+    rest = episodes[5:]
+    assert rest and all(e["stage"] == "1" for e in rest)
+    assert all(int(e["length"]) > 1 for e in rest)  # the task: a 2 m radius, goals 2 m or more away
+    assert final is not None and final["success_rate"] == 0.0  # evaluated on the task, random policy
+    ck = safe_torch_load(tr.run_dir / CHECKPOINT)
+    assert ck["loop"]["stage"] == 1
+
+    resumed = Trainer(
+        tiny_config(tmp_path, run_name="cur", **{**kw, "max_timesteps": 80}),
+        run_dir=tr.run_dir,
+        resume=True,
+        quiet=True,
+    )
+    assert resumed.stage == 1 and resumed.env.unwrapped.task.success_radius == 2.0

@@ -98,6 +98,10 @@ class TrainConfig:
     env_name: str = "DroneNav-v0"
     level: str | None = None
     env_kwargs: dict[str, Any] | None = None  # extra gymnasium.make keywords, JSON on the command line
+    # Easier stages trained before the task itself: each a dict of environment keywords over env_kwargs.
+    curriculum: list[dict[str, Any]] | None = None
+    curriculum_threshold: float = 0.7  # training success rate that moves to the next stage
+    curriculum_window: int = 50  # ... over this many of the stage's latest episodes
     max_timesteps: int = 200000
     buffer_size: int = 20000
     batch_size: int = 128
@@ -295,6 +299,10 @@ _HELP: dict[str, str] = {
     "updates_per_step": "gradient updates per env step after learning_starts (0.25 = one per 4 steps)",
     "amp": "mixed precision on CUDA: " + ", ".join(AMP_MODES),
     "level": "environment level (DroneNav: empty/easy/medium/hard; Parking: easy/normal/complex/extreme)",
+    "curriculum": "easier stages before the task, each a JSON object of environment keywords over "
+    "--env_kwargs, e.g. '{\"goal_wall_margin\": 19}' '{\"goal_wall_margin\": 12}'; the next stage starts "
+    "once the training success rate over --curriculum_window episodes reaches --curriculum_threshold; "
+    "evaluation always runs the task itself",
     "env_kwargs": 'extra environment keywords as JSON, e.g. \'{"max_steps": 100, "image_height": 128}\'',
     "normalize_keys": "hope_sac: observation keys with running mean/std normalisation (default: every "
     "vector modality)",
@@ -334,6 +342,9 @@ def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
         return
     if f.name == "env_kwargs":
         parser.add_argument(name, type=_json_object, default=None, help=helptext)
+        return
+    if f.name == "curriculum":
+        parser.add_argument(name, nargs="+", type=_json_object, default=None, help=helptext)
         return
     if default is None:
         typ = float if f.name == "sac_target_entropy" else (int if f.name == "torch_threads" else str)
@@ -493,6 +504,11 @@ def validate(cfg: Config) -> None:
         t.critic_norm in CRITIC_NORMS,
         f"--critic_norm must be one of {', '.join(CRITIC_NORMS)}, got {t.critic_norm!r}",
     )
+    _check(
+        0.0 < tr.curriculum_threshold <= 1.0,
+        f"--curriculum_threshold must be in (0, 1], got {tr.curriculum_threshold}",
+    )
+    _check(tr.curriculum_window >= 1, f"--curriculum_window must be >= 1, got {tr.curriculum_window}")
     _check(tr.action_repeat >= 1, f"--action_repeat must be >= 1, got {tr.action_repeat}")
     _check(tr.replay_segment >= 1, f"--replay_segment must be >= 1, got {tr.replay_segment}")
     _check(

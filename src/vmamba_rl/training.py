@@ -30,13 +30,20 @@ CHECKPOINT = "checkpoint.pt"
 REPLAY = "replay.npz"
 
 
-def make_env(cfg: Config, render_mode: str | None = None, level: str | None = None) -> gym.Env:
+def make_env(
+    cfg: Config,
+    render_mode: str | None = None,
+    level: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> gym.Env:
     """``gymnasium.make(env_name, level=...)``, reduced to ``--modalities`` if given, with
-    ``--action_repeat``, wrapped in the K-step SequenceHistory the agents read."""
+    ``--action_repeat``, wrapped in the K-step SequenceHistory the agents read.
+
+    ``overrides``: environment keywords over ``--env_kwargs`` (a curriculum stage)."""
     import vmamba_rl.envs  # noqa: F401  (registration)
     from vmamba_rl.envs.wrappers import ActionRepeat, SequenceHistory
 
-    kwargs: dict[str, Any] = dict(cfg.env_kwargs or {})
+    kwargs: dict[str, Any] = {**(cfg.env_kwargs or {}), **(overrides or {})}
     lvl = level or cfg.level
     if lvl is not None:
         kwargs["level"] = lvl
@@ -98,6 +105,7 @@ EPISODE_FIELDS = [
     "out_of_bounds",
     "timeout",
     "path_length",
+    "stage",
     "time",
 ]
 EVAL_FIELDS = ["step", "episodes", *METRIC_KEYS, "time"]
@@ -153,7 +161,11 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.env = make_env(cfg)
+        # Curriculum: training runs stage 0, 1, ... of --curriculum and then the task; evaluation always
+        # runs the task. stage_successes: the current stage's episode outcomes (the switch rule's input).
+        self.stage = 0
+        self.stage_successes: list[int] = []
+        self.env = make_env(cfg, overrides=self._stage_overrides())
         self.eval_env = make_env(cfg)
         self.agent: BaseAgent = make_agent(self.env, None, cfg)
         self.rng = np.random.default_rng(cfg.seed)
@@ -184,6 +196,8 @@ class Trainer:
             "action_space_rng": json.dumps(self.env.action_space.np_random.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
             "python_rng": json.dumps(random.getstate()),
+            "stage": self.stage,
+            "stage_successes": json.dumps(self.stage_successes),
         }
 
     def save_checkpoint(self, mid_episode: bool = False) -> Path:
@@ -205,6 +219,9 @@ class Trainer:
             raise CheckpointError(f"{str(path)!r} has no training-loop state; it cannot be resumed")
         self.step, self.episode = int(loop["step"]), int(loop["episode"])
         self.update_credit = float(loop["update_credit"])
+        if int(loop.get("stage", 0)) != self.stage:
+            self._set_stage(int(loop["stage"]))
+        self.stage_successes = json.loads(loop.get("stage_successes", "[]"))
         self.rng.bit_generator.state = json.loads(loop["rng"])
         self.env.action_space.np_random.bit_generator.state = json.loads(loop["action_space_rng"])
         torch.set_rng_state(loop["torch_rng"])
@@ -217,6 +234,37 @@ class Trainer:
                 self.agent.replay_buffer.end_episode()
         elif self.cfg.save_buffer:
             print(f"warning: {replay} not found; resuming with an empty replay buffer")
+
+    # --- curriculum ---------------------------------------------------------------------------------
+    def _stage_overrides(self) -> dict[str, Any] | None:
+        stages = self.cfg.curriculum or []
+        return stages[self.stage] if self.stage < len(stages) else None
+
+    def _set_stage(self, stage: int) -> None:
+        """Rebuild the training environment for ``stage`` (len(curriculum) = the task itself)."""
+        rng_state = self.env.action_space.np_random.bit_generator.state
+        self.env.close()
+        self.stage = stage
+        self.env = make_env(self.cfg, overrides=self._stage_overrides())
+        self.env.action_space.seed(0)
+        self.env.action_space.np_random.bit_generator.state = rng_state  # random actions continue as before
+        self.stage_successes = []
+
+    def _advance_curriculum(self, success: bool) -> bool:
+        """Record an episode outcome; move to the next stage when the rule says so. True if it moved."""
+        cfg = self.cfg
+        if self.stage >= len(cfg.curriculum or []):
+            return False
+        self.stage_successes = (self.stage_successes + [int(success)])[-cfg.curriculum_window :]
+        rate = float(np.mean(self.stage_successes))
+        if len(self.stage_successes) < cfg.curriculum_window or rate < cfg.curriculum_threshold:
+            return False
+        self._set_stage(self.stage + 1)
+        self.tb.add_scalar("curriculum/stage", self.stage, self.step)
+        if not self.quiet:
+            what = "the task itself" if self._stage_overrides() is None else f"{self._stage_overrides()}"
+            print(f"\ncurriculum: success {rate:.2f} at step {self.step}; stage {self.stage}: {what}")
+        return True
 
     # --- the loop ---------------------------------------------------------------------------------------
     def _new_seed(self) -> int:
@@ -352,6 +400,7 @@ class Trainer:
                     interrupted = True
                 if terminated or truncated:
                     self._end_episode(ep_ret, ep_len, info)
+                    self._advance_curriculum(bool(info.get("is_success", False)))
                     if pbar is not None:
                         pbar.set_postfix(self._postfix(n_updates, t0, step0), refresh=False)
                     ep_ret, ep_len = 0.0, 0
@@ -403,6 +452,7 @@ class Trainer:
             "out_of_bounds": int(bool(info.get("is_out_of_bounds", False))),
             "timeout": int(bool(info.get("is_timeout", False))),
             "path_length": float(info.get("path_length", float("nan"))),
+            "stage": self.stage,
             "time": time.time(),
         }
         self.episodes_csv.write(rec)
