@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import tiny_config
 from vmamba_rl.config import make_config
 from vmamba_rl.models.cnn import CNNVisualEncoder
 from vmamba_rl.models.heads import Actor, Critic
@@ -114,6 +115,22 @@ def test_stream_shapes_follow_spec(K, B):
     q1, q2 = critic(ctx, a)
     assert q1.shape == q2.shape == (B, 1)
     assert torch.allclose(critic.Q1(ctx, a), q1)
+
+
+def test_base_skip_appends_the_newest_base_vector_to_the_context():
+    from vmamba_rl.models.sequence import EncoderStream
+
+    cfg = tiny_config(scan_backend="reference")
+    torch.manual_seed(0)
+    plain = EncoderStream.vmamba(cfg.vmamba, 10, (1, 64, 64))
+    skip = EncoderStream(plain.visual, 10, cfg.vmamba, base_skip=True)
+    skip.load_state_dict(plain.state_dict())
+    base, depth = torch.randn(2, 3, 10), torch.randint(0, 256, (2, 3, 1, 64, 64), dtype=torch.uint8)
+    ctx, ctx_skip = plain(base, depth), skip(base, depth)
+    assert skip.out_features == plain.out_features + 10 == ctx_skip.shape[-1]
+    torch.testing.assert_close(ctx_skip[:, : plain.out_features], ctx)
+    torch.testing.assert_close(ctx_skip[:, plain.out_features :], base[:, -1])
+    torch.testing.assert_close(skip(base, depth, return_all=True)["context"], ctx_skip)
 
 
 def test_state_norm_critic_keeps_the_action_visible_at_any_context_scale():

@@ -63,6 +63,7 @@ class TD3Config:
     normalize_base: bool = False  # running mean/std of the base vector; False = the spec (raw base)
     share_encoder: bool = False  # ablation: one encoder, critic trains it, actor reads detached features
     critic_norm: str = "joint"  # critic input LayerNorm: "joint" = the spec's over [context, action]
+    base_skip: bool = False  # append the newest base vector to the context the heads read
     cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # td3 baseline's CNN
 
 
@@ -293,6 +294,7 @@ _HELP: dict[str, str] = {
     "the TD3 agents then encode each distinct frame once, ~(M+K)/M instead of K frames per window",
     "action_repeat": "hold each action for this many environment steps, rewards summed (1 = off); "
     "--max_timesteps, intervals and logs then count agent decisions",
+    "base_skip": "td3 / vmamba_td3: the heads also read the newest base vector directly (skip connection)",
     "critic_norm": "critic input LayerNorm: joint (the spec: over context and action together) or state "
     "(context only, action appended raw)",
     "n_step": "n-step returns in the critic targets (1 = one-step TD as in the spec)",

@@ -37,8 +37,9 @@ def network_table(
     """Rows (module name, parameter count) for one VMamba-TD3 agent, and totals."""
     vcfg = cfg.vmamba
     stream = EncoderStream.vmamba(vcfg, base_dim, depth_shape)
-    actor = Actor(vcfg.hidden_dim, action_dim, vcfg.hidden_dim)
-    critic = Critic(vcfg.hidden_dim, action_dim, vcfg.hidden_dim, cfg.td3.critic_norm)
+    repr_dim = vcfg.hidden_dim + (base_dim if cfg.td3.base_skip else 0)
+    actor = Actor(repr_dim, action_dim, vcfg.hidden_dim)
+    critic = Critic(repr_dim, action_dim, vcfg.hidden_dim, cfg.td3.critic_norm)
     bb = stream.visual.backbone
     rows = [
         ("VMambaRLTiny.patch_embed", count_params(bb.patch_embed)),

@@ -99,15 +99,15 @@ class VMambaTD3Agent(BaseAgent):
 
     def _create_networks(self, args: Config) -> None:
         def stream() -> EncoderStream:
-            return EncoderStream(self._make_visual(args), self.base_dim, args.vmamba).to(self.device)
+            visual = self._make_visual(args)
+            return EncoderStream(visual, self.base_dim, args.vmamba, args.base_skip).to(self.device)
 
         self.share_encoder = bool(args.share_encoder)
         self.critic_stream = stream()
         self.actor_stream = None if self.share_encoder else stream()
-        self.actor = Actor(args.hidden_dim, self.action_dim, args.hidden_dim).to(self.device)
-        self.critic = Critic(args.hidden_dim, self.action_dim, args.hidden_dim, args.critic_norm).to(
-            self.device
-        )
+        repr_dim = self.critic_stream.out_features
+        self.actor = Actor(repr_dim, self.action_dim, args.hidden_dim).to(self.device)
+        self.critic = Critic(repr_dim, self.action_dim, args.hidden_dim, args.critic_norm).to(self.device)
         self._create_target_networks()
 
     def _create_target_networks(self) -> None:

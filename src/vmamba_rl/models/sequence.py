@@ -140,7 +140,11 @@ class EncoderStream(nn.Module):
     ``forward(..., return_all=True)`` also returns the intermediate features for visualisation.
     """
 
-    def __init__(self, visual: nn.Module, state_dim: int, vcfg: VMambaConfig) -> None:
+    def __init__(
+        self, visual: nn.Module, state_dim: int, vcfg: VMambaConfig, base_skip: bool = False
+    ) -> None:
+        """``base_skip``: append the newest raw (possibly normalised) base vector to the context, so the
+        heads see e.g. the sign of the goal bearing directly (context (B, Dh + Ds))."""
         super().__init__()
         self.visual = visual
         self.state = StateMLP(state_dim, vcfg.state_feature_dim)
@@ -154,7 +158,8 @@ class EncoderStream(nn.Module):
             vcfg.vmamba_ssm_ratio,
             vcfg.scan_backend,
         )
-        self.out_features = vcfg.hidden_dim
+        self.base_skip = base_skip
+        self.out_features = vcfg.hidden_dim + (state_dim if base_skip else 0)
 
     @classmethod
     def vmamba(cls, vcfg: VMambaConfig, state_dim: int, depth_shape: tuple[int, int, int]) -> EncoderStream:
@@ -174,7 +179,9 @@ class EncoderStream(nn.Module):
         if frame_index is not None:
             v = v[frame_index]  # (B, K, Dv); the gather's backward sums the shared frames' gradients
         s = self.state(base.float())  # (B, K, Dsf)
+        ctx, w = self.mamba(v, s, return_weights=True) if return_all else (self.mamba(v, s), None)
+        if self.base_skip:
+            ctx = torch.cat([ctx, base[:, -1].to(ctx.dtype)], dim=-1)
         if not return_all:
-            return self.mamba(v, s)
-        ctx, w = self.mamba(v, s, return_weights=True)
+            return ctx
         return {"visual": v, "state": s, "context": ctx, "attention": w}
