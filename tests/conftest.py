@@ -28,6 +28,7 @@ TINY_AGENT = dict(
     # the spec's TD3 (the cpu preset's small-budget recipe is switched on where a test asks for it)
     share_encoder=False,
     critic_norm="joint",
+    base_skip=False,
     actor_reg=0.0,
     actor_lr=5e-4,
     tau=0.005,

@@ -110,8 +110,9 @@ def test_info_counts_match_a_direct_count(capsys):
     cfg = make_config("cpu")
     stream = EncoderStream.vmamba(cfg.vmamba, 10, (1, 64, 64))
     n_stream = sum(p.numel() for p in stream.parameters())
-    n_actor = sum(p.numel() for p in Actor(cfg.hidden_dim, 3, cfg.hidden_dim).parameters())
-    n_critic = sum(p.numel() for p in Critic(cfg.hidden_dim, 3, cfg.hidden_dim, cfg.critic_norm).parameters())
+    repr_dim = cfg.hidden_dim + (10 if cfg.base_skip else 0)
+    n_actor = sum(p.numel() for p in Actor(repr_dim, 3, cfg.hidden_dim).parameters())
+    n_critic = sum(p.numel() for p in Critic(repr_dim, 3, cfg.hidden_dim, cfg.critic_norm).parameters())
     online = (1 if cfg.share_encoder else 2) * n_stream + n_actor + n_critic
     rows = {
         line[:40].strip(): int(line[40:].replace(",", ""))

@@ -51,7 +51,7 @@ NAV_CORE = {
 def test_vmamba_td3_learns_to_reach_goals_on_dronenav(tmp_path):
     """VMamba-TD3 (tiny) on the navigation core of DroneNav-v0, with the small-budget recipe (README
     "Learning"): one encoder trained by the critic and read detached by the actor, the critic's input
-    norm on the context alone, a pre-tanh penalty
+    norm on the context alone, the base vector beside the context in the heads, a pre-tanh penalty
     and a slower actor, 5-step returns, normalised base vector. Untrained it crashes into the walls."""
     cfg = tiny_config(
         tmp_path,
@@ -68,6 +68,7 @@ def test_vmamba_td3_learns_to_reach_goals_on_dronenav(tmp_path):
         updates_per_step=1.0,
         share_encoder=True,
         critic_norm="state",
+        base_skip=True,
         actor_reg=0.1,
         actor_lr=1e-4,
         tau=0.01,

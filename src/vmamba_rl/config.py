@@ -250,6 +250,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # stream, trained only by the policy gradient, collapses to one action for every state.
         share_encoder=True,
         critic_norm="state",
+        base_skip=True,
         actor_reg=0.1,
         actor_lr=1e-4,
         tau=0.01,
