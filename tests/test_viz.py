@@ -153,7 +153,8 @@ def test_features_cover_every_decision(viz_out):
     _, files = viz_out
     f = np.load(files["features_npz"])
     n = len(_rows(files["episodes_csv"]))
-    assert f["visual"].shape == (n, 16) and f["state"].shape == (n, 8) and f["context"].shape == (n, 16)
+    # the cpu preset's context is the sequence encoder's 16 features and the 10-entry base vector (base_skip)
+    assert f["visual"].shape == (n, 16) and f["state"].shape == (n, 8) and f["context"].shape == (n, 16 + 10)
 
 
 # ------------------------------------------------------------------------------------ HOPE SAC / Parking
