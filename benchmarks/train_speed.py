@@ -41,8 +41,8 @@ def _now(device: str) -> float:
     return time.perf_counter()
 
 
-# The spec's update: one encoder stream per side and independent windows (the cpu preset's sizes).
-SPEC_UPDATE = {"share_encoder": False, "replay_segment": 1}
+# The spec's update: one encoder stream per side, independent windows, the spec's heads (cpu preset sizes).
+SPEC_UPDATE = {"share_encoder": False, "replay_segment": 1, "critic_norm": "joint", "base_skip": False}
 
 
 def bench_ours(algo: str, args: argparse.Namespace, **overrides) -> dict[str, float]:
