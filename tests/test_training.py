@@ -209,3 +209,19 @@ def test_curriculum_moves_to_the_task_after_a_successful_stage_and_resumes_there
         quiet=True,
     )
     assert resumed.stage == 1 and resumed.env.unwrapped.task.success_radius == 2.0
+
+
+def test_resumed_run_appends_in_its_csv_files_own_columns(tmp_path):
+    """A run folder written by a version with fewer episode columns stays a well-formed CSV on resume."""
+    from vmamba_rl.training import _CsvLog
+
+    path = tmp_path / "episodes.csv"
+    path.write_text("step,episode,return\n10,1,-2.5\n")
+    log = _CsvLog(path, ["step", "episode", "return", "stage", "time"])
+    log.write({"step": 20, "episode": 2, "return": 1.5, "stage": 1, "time": 0.0})
+    log.close()
+    rows = list(csv.DictReader(open(path)))
+    assert rows == [
+        {"step": "10", "episode": "1", "return": "-2.5"},
+        {"step": "20", "episode": "2", "return": "1.5"},
+    ]

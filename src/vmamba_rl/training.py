@@ -80,8 +80,11 @@ class _CsvLog:
     """Append-only CSV with a fixed header written once (survives resume)."""
 
     def __init__(self, path: Path, fields: list[str]) -> None:
+        new = not path.exists() or path.stat().st_size == 0
+        if not new:  # a resumed run keeps its file's columns (an older version may have had fewer)
+            with open(path, newline="") as f:
+                fields = next(csv.reader(f), fields)
         self.path, self.fields = path, fields
-        new = not path.exists()
         self.f = open(path, "a", newline="")  # noqa: SIM115
         self.w = csv.DictWriter(self.f, fieldnames=fields, extrasaction="ignore")
         if new:
