@@ -13,7 +13,7 @@ from conftest import tiny_config
 from vmamba_rl.agents.base import NonFiniteError
 from vmamba_rl.checkpoint import safe_torch_load
 from vmamba_rl.cli import main
-from vmamba_rl.training import CHECKPOINT, REPLAY, Trainer
+from vmamba_rl.training import BEST, CHECKPOINT, REPLAY, Trainer
 
 
 def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -116,6 +116,11 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys):
     res = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert res["episodes"] == 2 and 0.0 <= res["success_rate"] <= 1.0
     assert (tmp_path / "ev" / "eval_episodes.csv").is_file()
+    best = safe_torch_load(run / BEST)  # the best of the evaluations at 45 and 90 steps, evaluable as well
+    assert 45 <= best["eval"]["step"] <= 90
+    assert (
+        main(["eval", "--checkpoint", str(run / BEST), "--episodes", "1", "--out", str(tmp_path / "eb")]) == 0
+    )
 
     # the same --run_name again without --resume must not mix a new run into this one's logs
     before = (run / "episodes.csv").read_text()
@@ -225,3 +230,36 @@ def test_resumed_run_appends_in_its_csv_files_own_columns(tmp_path):
         {"step": "10", "episode": "1", "return": "-2.5"},
         {"step": "20", "episode": "2", "return": "1.5"},
     ]
+
+
+def test_best_checkpoint_keeps_the_best_evaluation_and_survives_resume(tmp_path):
+    """best.pt holds the agent of the highest success rate so far (ties broken by mean return); a worse
+    evaluation leaves it alone, and a resumed run still knows the score to beat."""
+    kw = dict(max_timesteps=40, learning_starts=1000, eval_interval=0, eval_episodes=0)
+    tr = Trainer(tiny_config(tmp_path, run_name="b", **kw), quiet=True)
+    first = _params(tr)
+
+    def row(success: float, ret: float) -> dict:
+        return {"success_rate": success, "mean_return": ret, "step": tr.step, "episodes": 10}
+
+    tr.step = 10
+    tr._keep_best(row(0.5, 1.0))
+    with torch.no_grad():  # a different agent from here on
+        for p in tr.agent.modules()["actor"].parameters():
+            p.add_(1.0)
+    tr.step = 20
+    tr._keep_best(row(0.4, 9.0))  # lower success: kept out despite the higher return
+    saved = safe_torch_load(tr.run_dir / BEST)
+    assert saved["eval"]["step"] == 10 and saved["eval"]["success_rate"] == 0.5
+    for m, mod in saved["modules"].items():
+        for k, v in mod.items():
+            assert torch.equal(v, first[f"{m}.{k}"]), (m, k)
+    tr.step = 30
+    tr._keep_best(row(0.5, 2.0))  # same success, higher return: the new best
+    assert safe_torch_load(tr.run_dir / BEST)["eval"]["step"] == 30
+    assert tr.best == (0.5, 2.0, 30)
+    tr.save_checkpoint()
+    tr.close()
+    resumed = Trainer(tiny_config(tmp_path, run_name="b", **kw), run_dir=tr.run_dir, resume=True, quiet=True)
+    assert resumed.best == (0.5, 2.0, 30)
+    resumed.close()

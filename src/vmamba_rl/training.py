@@ -2,7 +2,8 @@
 
 Run folder ``<log_dir>/<algorithm>-<env>-<time>/`` holds ``config.json``, ``episodes.csv``,
 ``updates.csv``, ``eval.csv``, TensorBoard event files, ``checkpoint.pt`` (agent + loop state) and
-``replay.npz``. Checkpoints are taken at episode boundaries, and every episode starts from a seed drawn
+``replay.npz``, and ``best.pt``: the agent of the best evaluation so far (success rate, then mean return;
+what ``vmamba-rl eval`` reads like any checkpoint). Checkpoints are taken at episode boundaries, and every episode starts from a seed drawn
 from the loop's own generator, so a resumed run continues exactly as the uninterrupted one would.
 """
 
@@ -27,6 +28,7 @@ from vmamba_rl.config import Config
 from vmamba_rl.evaluation import METRIC_KEYS, evaluate, format_table
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
 REPLAY = "replay.npz"
 
 
@@ -178,6 +180,8 @@ class Trainer:
         self.update_credit = 0.0
         self.recent: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
+        # (success_rate, mean_return, step) of the evaluation saved in best.pt; None before the first one
+        self.best: tuple[float, float, int] | None = None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._load_checkpoint()
@@ -201,6 +205,7 @@ class Trainer:
             "python_rng": json.dumps(random.getstate()),
             "stage": self.stage,
             "stage_successes": json.dumps(self.stage_successes),
+            "best": json.dumps(self.best),
         }
 
     def save_checkpoint(self, mid_episode: bool = False) -> Path:
@@ -225,6 +230,8 @@ class Trainer:
         if int(loop.get("stage", 0)) != self.stage:
             self._set_stage(int(loop["stage"]))
         self.stage_successes = json.loads(loop.get("stage_successes", "[]"))
+        best = json.loads(loop.get("best", "null"))
+        self.best = None if best is None else (float(best[0]), float(best[1]), int(best[2]))
         self.rng.bit_generator.state = json.loads(loop["rng"])
         self.env.action_space.np_random.bit_generator.state = json.loads(loop["action_space_rng"])
         torch.set_rng_state(loop["torch_rng"])
@@ -288,7 +295,23 @@ class Trainer:
             if k not in ("step", "time", "episodes"):
                 self.tb.add_scalar(f"eval/{k}", v, self.step)
         self.last_eval = summary
+        self._keep_best(row)
         return summary
+
+    def _keep_best(self, row: dict[str, Any]) -> None:
+        """Save the agent to ``best.pt`` if this evaluation beats the best so far.
+
+        Ordered by success rate, then mean return (ties on success are common with few episodes). A
+        policy chosen this way is re-scored on fresh episodes (``vmamba-rl eval --seed``) before its
+        number is reported: the evaluation that selected it is biased upwards."""
+        score = (float(row["success_rate"]), float(row["mean_return"]))
+        if self.best is not None and score <= self.best[:2]:
+            return
+        self.best = (*score, self.step)
+        state = self.agent.state_dict()
+        state["eval"] = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+        atomic_torch_save(state, self.run_dir / BEST)
+        self.tb.add_scalar("eval/best_success_rate", score[0], self.step)
 
     def run(self, stop_at: int | None = None) -> dict[str, Any] | None:
         """Train until ``max_timesteps``; returns the final evaluation summary (None if eval is off).
@@ -432,6 +455,11 @@ class Trainer:
             if final is not None and not self.quiet:
                 print(f"\nfinal evaluation after {self.step} steps ({cfg.eval_episodes} episodes):")
                 print(format_table(final))
+                if self.best is not None:
+                    print(
+                        f"best evaluation: success {self.best[0]:.2f}, return {self.best[1]:.1f} at step "
+                        f"{self.best[2]}, saved in {self.run_dir / BEST}"
+                    )
             return final
         except NonFiniteError as e:
             if pbar is not None:
