@@ -57,6 +57,37 @@ def test_patch_partition_and_downsample_shapes():
     assert DownsampleV3(8)(torch.randn(3, 16, 16, 8)).shape == (3, 8, 8, 16)
 
 
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_patch_partition_channels_last_path_equals_plain_layers(in_chans):
+    """On CPU the stem runs channels-last with the numba LayerNorm; it must compute exactly the stack of
+    stride-2 convs, channel LayerNorms and GELUs written with plain NCHW F.conv2d / F.layer_norm, values
+    and gradients (input and every parameter)."""
+    F = torch.nn.functional
+    torch.manual_seed(5)
+    stem = PatchPartition(in_chans, 8, 8).double()
+    for p in stem.parameters():
+        torch.nn.init.normal_(p)
+    convs = [m for m in stem.proj if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in stem.proj if isinstance(m, torch.nn.LayerNorm)]
+
+    def plain(h):
+        for i, conv in enumerate(convs):
+            h = F.conv2d(h, conv.weight, conv.bias, 2, 1)
+            if i < len(convs) - 1:
+                h = F.layer_norm(h.permute(0, 2, 3, 1), (h.shape[1],), norms[i].weight, norms[i].bias)
+                h = F.gelu(h).permute(0, 3, 1, 2)
+        return F.layer_norm(h.permute(0, 2, 3, 1), (8,), stem.norm.weight, stem.norm.bias)
+
+    x = torch.rand(9, in_chans, 64, 64, dtype=torch.float64, requires_grad=True)  # 9 x 32 x 32 rows
+    params = [x, *stem.parameters()]
+    out, ref = stem(x), plain(x)
+    assert torch.allclose(out, ref, rtol=1e-9, atol=1e-9)
+    grads = torch.autograd.grad(out.square().sum(), params)
+    grads_ref = torch.autograd.grad(ref.square().sum(), params)
+    for g, gr in zip(grads, grads_ref, strict=True):
+        assert torch.allclose(g, gr, rtol=1e-8, atol=1e-8)
+
+
 def test_ss2d_and_vssblock_keep_shape():
     x = torch.randn(2, 5, 7, 8)  # odd, non-square grid
     assert SS2D(8, d_state=2, backend="reference")(x).shape == x.shape

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vmamba_rl.config import VMambaConfig
 from vmamba_rl.ops.cross_scan import cross_merge, cross_scan
+from vmamba_rl.ops.layer_norm import LayerNorm
 from vmamba_rl.ops.selective_scan import selective_scan_fn
 
 
@@ -87,14 +88,25 @@ class PatchPartition(nn.Module):
                 layers += [_ChannelLastLN(out), nn.GELU()]
             c = out
         self.proj = nn.Sequential(*layers)
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.is_contiguous():
+            # Channels-last on CPU: oneDNN's NHWC convolutions are faster here (conv 1 -> 8 channels at
+            # 64x64, fwd + bwd: 6.1 -> 2.2 ms for 90 frames), and the LayerNorms between them then read
+            # contiguous channel rows instead of copying a permuted map. With one input channel the
+            # strides say which layout it is, so they are set directly (the same memory either way).
+            N, C, H, W = x.shape
+            x = (
+                x.as_strided(x.shape, (C * H * W, 1, W * C, C))
+                if C == 1
+                else x.contiguous(memory_format=torch.channels_last)
+            )
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
-class _ChannelLastLN(nn.LayerNorm):
-    """LayerNorm over channels of a channel-first (N, C, H, W) map."""
+class _ChannelLastLN(LayerNorm):
+    """LayerNorm over channels of a channel-first (N, C, H, W) map (no copy when it is channels-last)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -107,7 +119,7 @@ class DownsampleV3(nn.Module):
         super().__init__()
         out_dim = out_dim or 2 * dim
         self.conv = nn.Conv2d(dim, out_dim, 3, stride=2, padding=1)
-        self.norm = nn.LayerNorm(out_dim)
+        self.norm = LayerNorm(out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
@@ -151,7 +163,7 @@ class SS2D(nn.Module):
         self.dt_projs_bias = nn.Parameter(torch.empty(k * di))
         self.A_logs = nn.Parameter(torch.empty(k * di, d_state))
         self.Ds = nn.Parameter(torch.empty(k * di))
-        self.out_norm = nn.LayerNorm(di)
+        self.out_norm = LayerNorm(di)
         self.out_proj = nn.Linear(di, dim, bias=False)
         self._dt_range = (dt_min, dt_max)
         self.reset_ssm_parameters()
@@ -221,13 +233,13 @@ class VSSBlock(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
         self.op = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, backend=backend)
         self.drop_path = DropPath(drop_path)
         self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init > 0 else nn.Identity()
         self.mlp = None
         if mlp_ratio > 0:
-            self.norm2 = nn.LayerNorm(dim)
+            self.norm2 = LayerNorm(dim)
             self.mlp = Mlp(dim, int(dim * mlp_ratio))
             self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init > 0 else nn.Identity()
 
@@ -301,7 +313,7 @@ class VMambaRLTiny(nn.Module):
             )
             i += depths[s]
             self.downsamples.append(DownsampleV3(dims[s], dims[s + 1]) if s < 3 else nn.Identity())
-        self.norm = nn.LayerNorm(dims[-1])
+        self.norm = LayerNorm(dims[-1])
         self.head = nn.Linear(dims[-1], out_features)
         _trunc_normal_init(self)
         for mod in self.modules():  # the trunc-normal pass must not undo Mamba's SSM init
