@@ -58,6 +58,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def make_adam(params: Any, lr: float) -> torch.optim.Adam:
+    """Adam with the fused single-kernel step on CPU and CUDA, foreach elsewhere (mps, ...).
+
+    Same update rule either way; on CPU the fused step of the cpu preset's 134 encoder tensors took 0.65
+    ms against 2.6 ms for foreach (2-vCPU EPYC, one thread)."""
+    params = list(params)
+    if params and {p.device.type for p in params} <= {"cpu", "cuda"}:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """``target <- tau * source + (1 - tau) * target`` for every parameter (buffers copied)."""
     with torch.no_grad():

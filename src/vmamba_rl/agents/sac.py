@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmamba_rl.agents.base import BaseAgent, check_finite, obs_to_tensor, soft_update
+from vmamba_rl.agents.base import BaseAgent, check_finite, make_adam, obs_to_tensor, soft_update
 from vmamba_rl.config import Config
 from vmamba_rl.models.multimodal import MultimodalEncoder, orthogonal_init
 from vmamba_rl.normalization import ObservationNormalizer
@@ -183,11 +183,11 @@ class HopeSACAgent(BaseAgent):
         self.critic_target.eval()  # targets never use dropout / drop-path noise
         self.log_alpha = torch.tensor(math.log(cfg.sac_init_alpha), device=self.device, requires_grad=True)
 
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.sac_actor_lr, foreach=True)
+        self.actor_optimizer = make_adam(self.actor.parameters(), cfg.sac_actor_lr)
         # One Adam over both critics equals one per critic (Adam is per parameter and each loss touches
         # only its own critic); gradients are still clipped per critic.
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.sac_critic_lr, foreach=True)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.sac_alpha_lr)
+        self.critic_optimizer = make_adam(self.critic.parameters(), cfg.sac_critic_lr)
+        self.alpha_optimizer = make_adam([self.log_alpha], cfg.sac_alpha_lr)
 
     # --- helpers ----------------------------------------------------------------------------------
     @property

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmamba_rl.agents.base import BaseAgent, check_finite, obs_to_tensor, soft_update
+from vmamba_rl.agents.base import BaseAgent, check_finite, make_adam, obs_to_tensor, soft_update
 from vmamba_rl.config import Config
 from vmamba_rl.exploration import OUNoise
 from vmamba_rl.models.cnn import CNNVisualEncoder
@@ -122,11 +122,9 @@ class VMambaTD3Agent(BaseAgent):
         actor_params = list(self.actor.parameters())
         if self.actor_stream is not None:
             actor_params += list(self.actor_stream.parameters())
-        self.actor_optimizer = torch.optim.Adam(actor_params, lr=args.actor_lr, foreach=True)
-        self.critic_optimizer = torch.optim.Adam(
-            list(self.critic.parameters()) + list(self.critic_stream.parameters()),
-            lr=args.critic_lr,
-            foreach=True,
+        self.actor_optimizer = make_adam(actor_params, args.actor_lr)
+        self.critic_optimizer = make_adam(
+            list(self.critic.parameters()) + list(self.critic_stream.parameters()), args.critic_lr
         )
 
     def modules(self) -> dict[str, nn.Module]:
