@@ -1,10 +1,11 @@
 """The off-policy loop shared by every algorithm: collect, update, log, evaluate, checkpoint, resume.
 
 Run folder ``<log_dir>/<algorithm>-<env>-<time>/`` holds ``config.json``, ``episodes.csv``,
-``updates.csv``, ``eval.csv``, TensorBoard event files, ``checkpoint.pt`` (agent + loop state) and
-``replay.npz``, and ``best.pt``: the agent of the best evaluation so far (success rate, then mean return;
-what ``vmamba-rl eval`` reads like any checkpoint). Checkpoints are taken at episode boundaries, and every episode starts from a seed drawn
-from the loop's own generator, so a resumed run continues exactly as the uninterrupted one would.
+``updates.csv``, ``eval.csv``, TensorBoard event files, ``checkpoint.pt`` (agent + loop state),
+``replay.npz`` and ``best.pt``: the agent of the best evaluation so far (success rate, then mean return;
+``vmamba-rl eval`` reads it like any checkpoint). Checkpoints are taken at episode boundaries, and every
+episode starts from a seed drawn from the loop's own generator, so a resumed run continues exactly as
+the uninterrupted one would.
 """
 
 from __future__ import annotations
