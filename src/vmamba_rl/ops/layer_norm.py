@@ -2,7 +2,7 @@
 
 Why: the encoder normalises many rows of few channels (the cpu preset's stem: 96 frames x 32 x 32 rows
 of 8 channels). torch's CPU LayerNorm pays ~30 ns of per-row overhead there, so at C = 8 it ran at
-~4 ns per element, the largest single cost of the stem; one compiled pass per row does better (see
+~3.5 ns per element, the largest single cost of the stem; one compiled pass per row does better (see
 ``benchmarks/encoder.py --layer_norm``). :class:`LayerNorm` is a drop-in ``nn.LayerNorm`` (same
 parameters, same state-dict keys) that uses the kernel for float32/float64 CPU tensors when numba is
 importable and falls back to ``torch.nn.functional.layer_norm`` everywhere else (CUDA, autocast, other
