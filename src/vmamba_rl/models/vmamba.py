@@ -96,7 +96,7 @@ class PatchPartition(nn.Module):
             # 64x64, fwd + bwd: 6.1 -> 2.2 ms for 90 frames), and the LayerNorms between them then read
             # contiguous channel rows instead of copying a permuted map. With one input channel the
             # strides say which layout it is, so they are set directly (the same memory either way).
-            N, C, H, W = x.shape
+            _, C, H, W = x.shape
             x = (
                 x.as_strided(x.shape, (C * H * W, 1, W * C, C))
                 if C == 1
