@@ -755,7 +755,7 @@ def test_trainer_discards_broken_episode_and_reconnects(server, tmp_path, monkey
     opts = env_options(server, max_steps=6, success_radius=0.01)
     monkeypatch.setenv("VMAMBA_AIRSIM", json.dumps(opts))
     trainer = Trainer(_trainer_config(tmp_path), quiet=True)
-    env = trainer.env.unwrapped
+    env = trainer.collector.env(0).unwrapped
     reconnects: list[int] = []
     real_reconnect = env.reconnect
     monkeypatch.setattr(env, "reconnect", lambda: reconnects.append(1) or real_reconnect())
@@ -772,7 +772,7 @@ def test_trainer_discards_broken_episode_and_reconnects(server, tmp_path, monkey
     assert trainer.step == 40 and len(buf) == 40 - 3
     marker = nav_task.depth_to_uint8(np.float32(0.5 * broken), 10.0)
     batch = buf.get(buf.valid_indices())
-    episodes_seen = set(np.unique(batch["obs"]["depth"][:, :, 0, 0, 0]).tolist())
+    episodes_seen = set(np.unique(batch.obs["depth"][:, :, 0, 0, 0]).tolist())
     assert int(marker) not in episodes_seen and len(episodes_seen) >= 5
     rows = list(csv.DictReader(open(trainer.run_dir / "episodes.csv")))
     assert all(int(r["length"]) == 6 for r in rows)  # the broken episode is not logged as one
@@ -815,7 +815,7 @@ def _fill(buf, episode: int, steps: int, done: bool = True) -> None:
         o = {"base": np.array([episode, i], np.float32)}
         o2 = {"base": np.array([episode, i + 1], np.float32)}
         last = done and i == steps - 1
-        buf.add(o, np.zeros(1), 0.0, o2, terminated=last, truncated=False)
+        buf.add(o, np.zeros(1), 0.0, o2, terminated=last, truncated=False, first=i == 0)
 
 
 def _check_windows(buf, forbidden: set[int]) -> set[int]:
@@ -824,7 +824,8 @@ def _check_windows(buf, forbidden: set[int]) -> set[int]:
     assert len(idx) == len(buf)
     if len(idx) == 0:
         return set()
-    frames = buf.get(idx)["obs"]["base"]  # (n, K+1, 2)
+    got = buf.get(idx)
+    frames = np.concatenate([got.obs["base"], got.next_obs["base"][:, -1:]], axis=1)  # (n, K+1, 2)
     ep, step = frames[..., 0], frames[..., 1]
     assert np.all(ep == ep[:, :1])
     k = buf.seq_len
@@ -853,7 +854,7 @@ def test_discard_episode_without_wrap():
     assert buf.frames_stored == 10 and len(buf) == 8
     assert _check_windows(buf, {-1}) == {1, 2}
     batch = buf.sample(64)
-    assert not np.any(batch["obs"]["base"][..., 0] == -1)
+    assert not np.any(batch.obs["base"][..., 0] == -1)
 
 
 def test_discard_after_terminated_episode_is_a_no_op():
@@ -911,4 +912,4 @@ def test_discard_random_sequences_never_leave_broken_frames():
                 buf.discard_episode()
             _check_windows(buf, {-e for e in range(1, 15)})
             if len(buf):
-                assert np.all(buf.sample(16)["obs"]["base"][..., 0] > 0)
+                assert np.all(buf.sample(16).obs["base"][..., 0] > 0)

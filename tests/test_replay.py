@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmamba_rl.replay import SequenceReplayBuffer
+from vmamba_rl.replay import ReplayBatch, SequenceReplayBuffer
 
 DEPTH_SHAPE = (1, 4, 4)
 ACTION_DIM = 2
@@ -57,8 +57,8 @@ class Simulation:
     absolute index of every frame in the documented layout (an episode of T steps uses T + 1 frames).
     """
 
-    def __init__(self, buf: SequenceReplayBuffer):
-        self.buf = buf
+    def __init__(self, buf: SequenceReplayBuffer, stream: int = 0):
+        self.buf, self.stream = buf, stream
         self.K = buf.seq_len
         self.records: dict[tuple[int, int], dict] = {}
         self.frame_abs: dict[tuple[int, int], int] = {}
@@ -85,14 +85,15 @@ class Simulation:
                 "truncated": float(truncated),
             }
             self.buf.add(
-                frame(ep, i), action_of(ep, i), reward_of(ep, i), frame(ep, i + 1), terminated, truncated
-            )
+                frame(ep, i), action_of(ep, i), reward_of(ep, i), frame(ep, i + 1), terminated, truncated,
+                stream=self.stream, first=i == 0,
+            )  # fmt: skip
             self.frame_abs[(ep, i + 1)] = self.frames_written
             self.frames_written += 1
 
     def expected_valid(self) -> set[tuple[int, int]]:
         """Transitions whose acting-time window frames are all still in the ring (rejection policy)."""
-        oldest = self.frames_written - self.buf.capacity
+        oldest = self.frames_written - self.buf.stream_capacity
         out = set()
         for (ep, i), rec in self.records.items():
             first = rec["window"][0]
@@ -101,20 +102,25 @@ class Simulation:
         return out
 
 
-def decode(batch: dict, b: int) -> list[tuple[int, int]]:
-    """Frame ids of row b of a batch, checking that depth agrees with base."""
-    base = batch["obs"]["base"][b]
+def window(batch: ReplayBatch, key: str) -> np.ndarray:
+    """(B, K+1, ...) frames of a one-step batch: the state window and the next frame."""
+    return np.concatenate([batch.obs[key], batch.next_obs[key][:, -1:]], axis=1)
+
+
+def decode(batch: ReplayBatch, b: int) -> list[tuple[int, int]]:
+    """Frame ids of row b of a one-step batch, checking that depth agrees with base."""
+    base = window(batch, "base")[b]
     ids = [(int(round(x[0])), int(round(x[1]))) for x in base]
-    for (ep, step), img in zip(ids, batch["obs"]["depth"][b], strict=True):
+    for (ep, step), img in zip(ids, window(batch, "depth")[b], strict=True):
         assert np.all(img == depth_value(ep, step))
     return ids
 
 
-def check_batch(sim: Simulation, batch: dict) -> list[tuple[int, int]]:
+def check_batch(sim: Simulation, batch: ReplayBatch) -> list[tuple[int, int]]:
     """Every row equals the acting-time window of its transition; returns the transitions seen."""
     K = sim.K
     seen = []
-    for b in range(batch["reward"].shape[0]):
+    for b in range(batch.reward.shape[0]):
         ids = decode(batch, b)
         assert len(ids) == K + 1
         ep, i = ids[K - 1]  # last frame of the state window is the transition's own frame
@@ -122,10 +128,10 @@ def check_batch(sim: Simulation, batch: dict) -> list[tuple[int, int]]:
         rec = sim.records[(ep, i)]
         assert ids == rec["window"]
         assert ids[1:] == rec["next_state"]
-        np.testing.assert_array_equal(batch["action"][b], action_of(ep, i))
-        assert batch["reward"][b] == reward_of(ep, i)
-        assert batch["terminated"][b] == rec["terminated"]
-        assert batch["truncated"][b] == rec["truncated"]
+        np.testing.assert_array_equal(batch.action[b], action_of(ep, i))
+        assert batch.reward[b] == reward_of(ep, i)
+        assert batch.terminated[b] == rec["terminated"]
+        assert batch.truncated[b] == rec["truncated"]
         seen.append((ep, i))
     return seen
 
@@ -162,14 +168,17 @@ def test_sample_shapes_dtypes_and_views():
     for _ in range(5):
         sim.episode(9, "term")
     batch = buf.sample(32)
-    assert batch["obs"]["depth"].shape == (32, K + 1, *DEPTH_SHAPE)
-    assert batch["obs"]["depth"].dtype == np.uint8
-    assert batch["obs"]["base"].shape == (32, K + 1, 3)
-    assert batch["obs"]["base"].dtype == np.float32
-    assert batch["action"].shape == (32, ACTION_DIM) and batch["action"].dtype == np.float32
-    for key in ("reward", "terminated", "truncated"):
-        assert batch[key].shape == (32,) and batch[key].dtype == np.float32
-    assert batch["indices"].shape == (32,)
+    for side in (batch.obs, batch.next_obs):
+        assert side["depth"].shape == (32, K, *DEPTH_SHAPE) and side["depth"].dtype == np.uint8
+        assert side["base"].shape == (32, K, 3) and side["base"].dtype == np.float32
+    # one-step samples: both windows are views of one gather, the next one a step later
+    assert np.shares_memory(batch.obs["depth"], batch.next_obs["depth"])
+    np.testing.assert_array_equal(batch.obs["base"][:, 1:], batch.next_obs["base"][:, :-1])
+    assert batch.action.shape == (32, ACTION_DIM) and batch.action.dtype == np.float32
+    for key in ("reward", "terminated", "truncated", "discount"):
+        value = getattr(batch, key)
+        assert value.shape == (32,) and value.dtype == np.float32
+    assert batch.indices.shape == (32,)
     check_batch(sim, batch)
 
 
@@ -180,9 +189,7 @@ def test_terminated_and_truncated_kept_apart():
     sim.episode(3, "trunc")
     sim.episode(2, "open")
     batch = buf.get(buf.valid_indices())
-    flags = {
-        ids: (batch["terminated"][b], batch["truncated"][b]) for b, ids in enumerate(check_batch(sim, batch))
-    }
+    flags = {ids: (batch.terminated[b], batch.truncated[b]) for b, ids in enumerate(check_batch(sim, batch))}
     assert flags[(0, 3)] == (1.0, 0.0)
     assert flags[(1, 2)] == (0.0, 1.0)
     assert flags[(2, 1)] == (0.0, 0.0)  # abandoned episode: neither flag, its next frame is real
@@ -192,7 +199,7 @@ def test_terminated_and_truncated_kept_apart():
 def test_open_episode_then_reset_starts_new_episode():
     buf = SequenceReplayBuffer(100, 3, make_space(), ACTION_DIM)
     sim = Simulation(buf)
-    sim.episode(3, "open")  # e.g. a run resumed mid-episode: the loop resets without a flag
+    sim.episode(3, "open")  # e.g. a run resumed mid-episode: the collector resets, first=True
     sim.episode(3, "term")
     check_all(sim)
     assert buf.frames_stored == 8
@@ -204,7 +211,7 @@ def test_closed_episode_starts_new_one_even_for_equal_frame(close):
     buf.add(frame(0, 0), action_of(0, 0), 0.0, frame(0, 1), close == "terminated", close == "truncated")
     if close == "end_episode":
         buf.end_episode()
-    # the same frame again, but declared a new episode: its window must not reach back
+    # the same frame again, but the previous episode is closed: its window must not reach back
     buf.add(frame(0, 1), action_of(0, 1), 0.0, frame(0, 2), False, False)
     assert buf.frames_stored == 4
     batch = buf.get(buf.valid_indices())
@@ -223,7 +230,7 @@ def test_sampling_covers_every_transition_uniformly():
     draws = 40_000
     for _ in range(draws // 500):
         batch = buf.sample(500)
-        for s in batch["indices"].tolist():
+        for s in batch.indices.tolist():
             counts[s] = counts.get(s, 0) + 1
     assert set(counts) == valid  # covers all samplable steps and nothing else
     expected = draws / n
@@ -246,9 +253,9 @@ def test_segment_sampling_is_uniform_in_runs_with_shared_frame_ids(M):
     consecutive = 0
     for _ in range(draws // B):
         batch = buf.sample(B)
-        idx = batch["indices"]
+        idx = batch.indices
         assert idx.shape == (B,)
-        consecutive += int(np.count_nonzero((idx[1:] - idx[:-1]) % buf.capacity == 1))
+        consecutive += int(np.count_nonzero((idx[1:] - idx[:-1]) % buf.stream_capacity == 1))
         for s in idx.tolist():
             counts[s] = counts.get(s, 0) + 1
     assert set(counts) == valid
@@ -261,8 +268,8 @@ def test_segment_sampling_is_uniform_in_runs_with_shared_frame_ids(M):
     batch = buf.sample(B)
     check_batch(sim, batch)
     # frame_ids name the stored frame of every window position: equal ids <=> equal frame identity
-    ids = batch["frame_ids"]
-    assert ids.shape == (B, 5)
+    ids = np.concatenate([batch.frame_ids, batch.next_frame_ids[:, -1:]], axis=1)
+    assert ids.shape == (B, 5) and np.array_equal(batch.frame_ids[:, 1:], batch.next_frame_ids[:, :-1])
     code = np.array([[ep * 1000 + step for ep, step in decode(batch, b)] for b in range(B)]).ravel()
     same_id = ids.ravel()[:, None] == ids.ravel()[None, :]
     np.testing.assert_array_equal(same_id, code[:, None] == code[None, :])
@@ -279,28 +286,28 @@ def test_n_step_returns_flags_and_next_window_by_hand(K, n):
         lengths[sim.next_ep] = length
         sim.episode(length, ending)
     batch = buf.get(buf.valid_indices())
-    for b in range(batch["reward"].shape[0]):
+    for b in range(batch.reward.shape[0]):
         ep, i = decode(batch, b)[K - 1]
         m = min(n, lengths[ep] - i)  # the look-ahead stops at the episode's last transition
         rec = sim.records[(ep, i + m - 1)]
-        assert batch["reward"][b] == pytest.approx(sum(gamma**j * reward_of(ep, i + j) for j in range(m)))
-        assert batch["discount"][b] == pytest.approx(gamma**m)
-        assert batch["terminated"][b] == rec["terminated"] and batch["truncated"][b] == rec["truncated"]
-        base = batch["next_obs"]["base"][b]
+        assert batch.reward[b] == pytest.approx(sum(gamma**j * reward_of(ep, i + j) for j in range(m)))
+        assert batch.discount[b] == pytest.approx(gamma**m)
+        assert batch.terminated[b] == rec["terminated"] and batch.truncated[b] == rec["truncated"]
+        base = batch.next_obs["base"][b]
         next_ids = [(int(round(x[0])), int(round(x[1]))) for x in base]
         assert next_ids == rec["next_state"]  # the acting-time history m steps on
         np.testing.assert_array_equal(
-            batch["next_obs"]["depth"][b][:, 0, 0, 0], [depth_value(*f) for f in next_ids]
+            batch.next_obs["depth"][b][:, 0, 0, 0], [depth_value(*f) for f in next_ids]
         )
-        assert batch["next_frame_ids"][b].tolist() == [sim.frame_abs[f] % 1000 for f in next_ids]
+        assert batch.next_frame_ids[b].tolist() == [sim.frame_abs[f] % 1000 for f in next_ids]
 
 
-def test_one_step_samples_have_gamma_discount_and_no_next_window():
+def test_one_step_samples_have_gamma_discount_and_the_next_window_one_step_on():
     buf = SequenceReplayBuffer(100, 2, make_space(), ACTION_DIM, n_step=1, gamma=0.95)
     Simulation(buf).episode(5, "term")
     batch = buf.sample(8)
-    assert "next_obs" not in batch and "next_frame_ids" not in batch
-    np.testing.assert_allclose(batch["discount"], 0.95)
+    np.testing.assert_allclose(batch.discount, 0.95)
+    np.testing.assert_array_equal(batch.next_frame_ids[:, 0], batch.frame_ids[:, 1])
 
 
 def test_segment_must_be_positive():
@@ -367,17 +374,17 @@ def _filled(seed: int) -> tuple[SequenceReplayBuffer, Simulation]:
 def _assert_same_batches(a: SequenceReplayBuffer, b: SequenceReplayBuffer, n: int = 5) -> None:
     for _ in range(n):
         x, y = a.sample(16), b.sample(16)
-        for key in x["obs"]:
-            np.testing.assert_array_equal(x["obs"][key], y["obs"][key])
+        for key in x.obs:
+            np.testing.assert_array_equal(x.obs[key], y.obs[key])
         for key in ("action", "reward", "terminated", "truncated", "indices"):
-            np.testing.assert_array_equal(x[key], y[key])
+            np.testing.assert_array_equal(getattr(x, key), getattr(y, key))
 
 
 def _continue(buf: SequenceReplayBuffer) -> None:
     """The same further steps for both copies: continue the open episode, then a new one."""
     buf.add(frame(3, 6), action_of(3, 6), 1.0, frame(3, 7), True, False)
     for i in range(5):
-        buf.add(frame(9, i), action_of(9, i), 2.0, frame(9, i + 1), False, i == 4)
+        buf.add(frame(9, i), action_of(9, i), 2.0, frame(9, i + 1), False, i == 4, first=i == 0)
 
 
 def test_state_dict_round_trip_continues_identically():
@@ -453,3 +460,117 @@ def test_property_random_episodes(capacity, K, eps, seed):
         check_all(sim)
     if len(buf):
         check_batch(sim, buf.sample(32))
+
+
+# ------------------------------------------------------------------------- interleaved streams
+
+
+class _Stream:
+    """One environment's episodes, stepped one transition at a time (to interleave several)."""
+
+    def __init__(self, sim: Simulation, first_ep: int, plan: list[tuple[int, str]]):
+        self.sim, self.plan, self.ep, self.i = sim, list(plan), first_ep, 0
+        sim.next_ep = first_ep
+
+    def step(self) -> bool:
+        """Add the next transition; False once the plan is done."""
+        if not self.plan:
+            return False
+        length, ending = self.plan[0]
+        sim, ep, i = self.sim, self.ep, self.i
+        if i == 0:
+            sim.history = deque([(ep, 0)] * sim.K, maxlen=sim.K)
+            sim.frame_abs[(ep, 0)] = sim.frames_written
+            sim.frames_written += 1
+        last = i == length - 1
+        terminated, truncated = last and ending == "term", last and ending == "trunc"
+        state = list(sim.history)
+        sim.history.append((ep, i + 1))
+        sim.records[(ep, i)] = {
+            "window": state + [(ep, i + 1)],
+            "next_state": list(sim.history),
+            "terminated": float(terminated),
+            "truncated": float(truncated),
+        }
+        sim.buf.add(
+            frame(ep, i), action_of(ep, i), reward_of(ep, i), frame(ep, i + 1), terminated, truncated,
+            stream=sim.stream, first=i == 0,
+        )  # fmt: skip
+        sim.frame_abs[(ep, i + 1)] = sim.frames_written
+        sim.frames_written += 1
+        self.i += 1
+        if last:
+            self.plan.pop(0)
+            self.ep, self.i = ep + 1, 0
+        return True
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    streams=st.integers(1, 4),
+    per_stream=st.integers(2, 30),
+    K=st.integers(1, 4),
+    M=st.sampled_from([1, 3]),
+    n=st.sampled_from([1, 3]),
+    plans=st.lists(episodes, min_size=4, max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_property_interleaved_streams_never_mix_environments_or_episodes(
+    streams, per_stream, K, M, n, plans, seed
+):
+    """Episodes of S environments arrive interleaved in a random order: every samplable window is the
+    acting-time history of one environment's one episode (start padding included), the samplable set is
+    exactly the transitions whose frames are still in their stream's ring, and n-step look-aheads stay
+    inside the episode."""
+    buf = SequenceReplayBuffer(
+        per_stream * streams, K, make_space(), ACTION_DIM, seed=seed, segment=M, n_step=n,
+        num_streams=streams,
+    )  # fmt: skip
+    sims = [Simulation(buf, stream=s) for s in range(streams)]
+    writers = [_Stream(sims[s], 1000 * s, plans[s]) for s in range(streams)]
+    rng = np.random.default_rng(seed)
+    live = list(range(streams))
+    while live:
+        s = int(rng.choice(live))
+        if not writers[s].step():
+            live.remove(s)
+    idx = buf.valid_indices()
+    assert len(buf) == idx.size == sum(len(sim.expected_valid()) for sim in sims)
+    if not idx.size:
+        return
+    for batch in (buf.get(idx), buf.sample(32)):
+        for b in range(len(batch)):
+            ids = decode(batch, b)[:K]  # the state window (the next one may be n steps on)
+            ep, i = ids[-1]
+            sim = sims[ep // 1000]
+            assert ids == sim.records[(ep, i)]["window"][:K], "window mixes environments or episodes"
+            nxt = [(int(round(x[0])), int(round(x[1]))) for x in batch.next_obs["base"][b]]
+            assert {e for e, _ in nxt} == {ep}
+            np.testing.assert_array_equal(batch.action[b], action_of(ep, i))
+    seen = {decode(buf.get(idx), b)[K - 1] for b in range(idx.size)}
+    assert seen == set().union(*(sim.expected_valid() for sim in sims))
+
+
+def test_streams_split_the_capacity_and_survive_a_state_round_trip():
+    buf = SequenceReplayBuffer(40, 2, make_space(), ACTION_DIM, seed=3, num_streams=4)
+    assert buf.stream_capacity == 10
+    for s in range(4):
+        Simulation(buf, stream=s).episode(3 + s, "open" if s == 2 else "term")
+    assert buf.discard_episode(stream=2) == 5 and len(buf) == 3 + 4 + 6
+    clone = SequenceReplayBuffer(40, 2, make_space(), ACTION_DIM, seed=0, num_streams=4)
+    clone.load_state_dict(buf.state_dict())
+    _assert_same_batches(buf, clone)
+    with pytest.raises(ValueError, match="num_streams=4, this buffer has num_streams=2"):
+        SequenceReplayBuffer(40, 2, make_space(), ACTION_DIM, num_streams=2).load_state_dict(buf.state_dict())
+    with pytest.raises(ValueError, match="stream must be in \\[0, 4\\), got 4"):
+        buf.add(frame(0, 0), action_of(0, 0), 0.0, frame(0, 1), False, False, stream=4)
+
+
+def test_broken_values_never_enter_replay():
+    buf = SequenceReplayBuffer(10, 2, make_space(), ACTION_DIM)
+    nan = {**frame(0, 1), "base": np.array([0, 1, np.nan], np.float32)}
+    with pytest.raises(ValueError, match="NaN or inf"):
+        buf.add(frame(0, 0), action_of(0, 0), 0.0, nan, False, False)
+    with pytest.raises(ValueError, match="must be finite"):
+        buf.add(frame(0, 0), action_of(0, 0), float("inf"), frame(0, 1), False, False)
+    assert buf.frames_stored == 0

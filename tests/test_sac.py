@@ -22,6 +22,7 @@ from vmamba_rl.agents.sac import (
     squashed_gaussian_sample,
 )
 from vmamba_rl.config import make_config
+from vmamba_rl.replay import ReplayBatch
 
 TINY = TINY_SAC
 
@@ -45,8 +46,8 @@ def _agent(seed: int = 0, space: gym.spaces.Dict | None = None, **over) -> HopeS
     return HopeSACAgent(space or _space(), ACTION_SPACE, cfg, device="cpu")
 
 
-def _window_batch(space: gym.spaces.Dict, B: int, K: int, seed: int = 0) -> dict:
-    """A hand-made replay batch: obs (B, K+1, ...) raw, action in [-1, 1], rewards and flags."""
+def _window_dict(space: gym.spaces.Dict, B: int, K: int, seed: int = 0) -> dict:
+    """Hand-made replay data: obs (B, K+1, ...) raw, action in [-1, 1], rewards and flags."""
     rng = np.random.default_rng(seed)
     obs = {}
     for k, s in space.spaces.items():
@@ -65,6 +66,11 @@ def _window_batch(space: gym.spaces.Dict, B: int, K: int, seed: int = 0) -> dict
         "terminated": terminated,
         "truncated": truncated,
     }
+
+
+def _window_batch(space: gym.spaces.Dict, B: int, K: int, seed: int = 0) -> ReplayBatch:
+    d = _window_dict(space, B, K, seed)
+    return ReplayBatch.from_windows(d["obs"], d["action"], d["reward"], d["terminated"], d["truncated"])
 
 
 def _fill(agent: HopeSACAgent, n: int, seed: int = 0) -> None:
@@ -153,16 +159,20 @@ def test_one_update_against_hand_computation(fusion: str) -> None:
         sac_actor_lr=lr, sac_critic_lr=lr, sac_alpha_lr=lr, normalize_keys=["lidar", "target"],
     )  # fmt: skip
     space = agent.observation_space
-    stats_data = _window_batch(space, 30, 0, seed=7)["obs"]  # (30, 1, ...) samples for the normalisers
+    stats_data = _window_dict(space, 30, 0, seed=7)["obs"]  # (30, 1, ...) samples for the normalisers
     for i in range(30):
         agent.normalizer.update({k: v[i, 0] for k, v in stats_data.items()})
-    batch = _window_batch(space, B, K, seed=3)
+    batch = _window_dict(space, B, K, seed=3)
     actor, critic = copy.deepcopy(agent.actor), copy.deepcopy(agent.critic)
     target = copy.deepcopy(agent.critic_target)
     log_alpha = math.log(alpha0)
 
     torch.manual_seed(123)
-    metrics = agent.update(batch)
+    metrics = agent.update(
+        ReplayBatch.from_windows(
+            batch["obs"], batch["action"], batch["reward"], batch["terminated"], gamma=gamma
+        )
+    )
 
     # --- by hand, same weights, same noise -------------------------------------------------------------
     torch.manual_seed(123)
@@ -240,7 +250,7 @@ def test_target_update_interval() -> None:
 def test_non_finite_loss_stops_training() -> None:
     agent = _agent()
     batch = _window_batch(agent.observation_space, 8, 1)
-    batch["reward"][2] = np.nan
+    batch.reward[2] = np.nan
     with pytest.raises(NonFiniteError, match="critic_loss"):
         agent.update(batch)
 

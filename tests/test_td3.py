@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym  # noqa: I001
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from conftest import tiny_config
 from vmamba_rl.agents.base import ActionScaler, NonFiniteError
 from vmamba_rl.agents.vmamba_td3 import TD3Agent, VMambaTD3Agent, make_agent
 from vmamba_rl.checkpoint import CheckpointError
+from vmamba_rl.replay import ReplayBatch
 from vmamba_rl.training import make_env
 
 ACTION_SPACE = gym.spaces.Box(np.array([0, -0.5, -0.3], np.float32), np.array([2, 0.5, 0.3], np.float32))
@@ -34,6 +37,14 @@ def batch(B=4, K=3, seed=0, terminated=None):
             else torch.zeros(B, 1)
         ),
     }
+
+
+def as_tensors(agent: VMambaTD3Agent, b: dict) -> dict[str, torch.Tensor]:
+    """A window batch from :func:`batch` in the layout ``update`` reads (every frame distinct)."""
+    windows = {"base": b["base"].numpy(), "depth": b["depth"].numpy()}
+    return agent.batch_to_tensors(
+        ReplayBatch.from_windows(windows, b["action"].numpy(), b["reward"].numpy(), b["terminated"].numpy())
+    )
 
 
 def test_action_scaling_per_dimension():
@@ -94,13 +105,13 @@ def test_delayed_actor_and_exact_soft_update():
     actor0 = [p.clone() for p in agent.actor.parameters()]
     tgt0 = [p.clone() for p in agent.actor_target.parameters()]
     ctgt0 = [p.clone() for p in agent.critic_target.parameters()]
-    m1 = agent.update(b)
+    m1 = agent.update(as_tensors(agent, b))
     assert all(torch.equal(a, p) for a, p in zip(actor0, agent.actor.parameters(), strict=True))
     assert all(torch.equal(a, p) for a, p in zip(tgt0, agent.actor_target.parameters(), strict=True))
     assert all(torch.equal(a, p) for a, p in zip(ctgt0, agent.critic_target.parameters(), strict=True))
     assert np.isnan(m1["actor_loss"])
     critic_before_actor = [p.clone() for p in agent.critic.parameters()]
-    agent.update(b)
+    agent.update(as_tensors(agent, b))
     assert any(not torch.equal(a, p) for a, p in zip(actor0, agent.actor.parameters(), strict=True))
     for t0, t1, online in zip(tgt0, agent.actor_target.parameters(), agent.actor.parameters(), strict=True):
         assert torch.allclose(t1, 0.75 * t0 + 0.25 * online, atol=1e-6)
@@ -133,7 +144,7 @@ def test_nan_loss_raises_naming_metric():
     b = batch()
     b["reward"][0] = float("nan")
     with pytest.raises(NonFiniteError, match="critic_loss"):
-        agent.update(b)
+        agent.update(as_tensors(agent, b))
 
 
 def test_select_action_scaled_and_noise_decays():
@@ -160,7 +171,7 @@ def test_share_encoder_ablation_has_one_stream():
 
 def test_save_load_same_actions_and_mismatch_errors(tmp_path):
     agent = make()
-    agent.update(batch())
+    agent.update(as_tensors(agent, batch()))
     path = tmp_path / "a.pt"
     agent.save(str(path))
     other = make()
@@ -213,16 +224,19 @@ def test_distinct_frame_encoding_equals_window_encoding(algo, bucket):
         obs = nobs if not (te or tr) else env.reset()[0]
     sample = agents[0].replay_buffer.sample(16)
     deduped = agents[0].batch_to_tensors(sample)
-    plain = agents[1].batch_to_tensors({k: v for k, v in sample.items() if k != "frame_ids"})
-    assert "depth_state" not in plain
+    # the same sample with every window position named a frame of its own: nothing shared
+    ids = np.arange(16 * 6).reshape(16, 6)
+    plain_sample = dataclasses.replace(sample, frame_ids=ids[:, :3], next_frame_ids=ids[:, 3:])
+    plain = agents[1].batch_to_tensors(plain_sample)
+    assert plain["depth_state"].shape[0] == 16 * 3
     distinct = int(deduped["index_state"].max()) + 1
     assert distinct < 16 * 3 / 2  # runs of 8 share most frames
     assert deduped["depth_state"].shape[0] == -(-distinct // bucket) * bucket
-    window = torch.as_tensor(sample["obs"]["depth"])
-    torch.testing.assert_close(plain["depth"], window[:, :3], rtol=0, atol=0)
-    torch.testing.assert_close(plain["next_depth"], window[:, 1:], rtol=0, atol=0)
-    torch.testing.assert_close(deduped["depth_state"][deduped["index_state"]], window[:, :3], rtol=0, atol=0)
-    torch.testing.assert_close(deduped["depth_next"][deduped["index_next"]], window[:, 1:], rtol=0, atol=0)
+    state, nxt = torch.as_tensor(sample.obs["depth"]), torch.as_tensor(sample.next_obs["depth"])
+    torch.testing.assert_close(plain["depth_state"][plain["index_state"]], state, rtol=0, atol=0)
+    torch.testing.assert_close(plain["depth_next"][plain["index_next"]], nxt, rtol=0, atol=0)
+    torch.testing.assert_close(deduped["depth_state"][deduped["index_state"]], state, rtol=0, atol=0)
+    torch.testing.assert_close(deduped["depth_next"][deduped["index_next"]], nxt, rtol=0, atol=0)
     m0, m1 = agents[0].update(deduped), agents[1].update(plain)
     for key in ("critic_loss", "q1", "target_q", "actor_loss"):
         assert m0[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-5), key
@@ -244,7 +258,7 @@ def test_base_normalisation_is_opt_in_updated_on_storage_and_checkpointed(tmp_pa
     np.testing.assert_allclose(stats.mean, np.mean(raw[:29], axis=0), rtol=1e-5)
     sample = agent.replay_buffer.sample(8)
     b = agent.batch_to_tensors(sample)
-    expect = (sample["obs"]["base"][:, :2] - stats.mean) / (np.sqrt(stats.var) + 1e-8)
+    expect = (sample.obs["base"] - stats.mean) / (np.sqrt(stats.var) + 1e-8)
     np.testing.assert_allclose(b["base"].numpy(), expect, rtol=1e-4, atol=1e-5)
     path = tmp_path / "n.pt"
     agent.save(str(path))

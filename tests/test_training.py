@@ -194,7 +194,7 @@ def test_curriculum_moves_to_the_task_after_a_successful_stage_and_resumes_there
         eval_interval=0,
     )
     tr = Trainer(tiny_config(tmp_path, run_name="cur", **kw), quiet=True)
-    assert tr.env.unwrapped.task.success_radius == 100.0
+    assert tr.collector.env(0).unwrapped.task.success_radius == 100.0
     assert tr.eval_env.unwrapped.task.success_radius == 2.0  # the task's own value
     final = tr.run()
     episodes = list(csv.DictReader(open(tr.run_dir / "episodes.csv")))
@@ -205,7 +205,7 @@ def test_curriculum_moves_to_the_task_after_a_successful_stage_and_resumes_there
     assert all(int(e["length"]) > 1 for e in rest)  # the task: a 2 m radius, goals 2 m or more away
     assert final is not None and final["success_rate"] == 0.0  # evaluated on the task, random policy
     ck = safe_torch_load(tr.run_dir / CHECKPOINT)
-    assert ck["loop"]["stage"] == 1
+    assert ck["loop"]["callbacks"]["curriculum"]["stage"] == 1
 
     resumed = Trainer(
         tiny_config(tmp_path, run_name="cur", **{**kw, "max_timesteps": 80}),
@@ -213,16 +213,16 @@ def test_curriculum_moves_to_the_task_after_a_successful_stage_and_resumes_there
         resume=True,
         quiet=True,
     )
-    assert resumed.stage == 1 and resumed.env.unwrapped.task.success_radius == 2.0
+    assert resumed.curriculum.stage == 1 and resumed.collector.env(0).unwrapped.task.success_radius == 2.0
 
 
 def test_resumed_run_appends_in_its_csv_files_own_columns(tmp_path):
     """A run folder written by a version with fewer episode columns stays a well-formed CSV on resume."""
-    from vmamba_rl.training import _CsvLog
+    from vmamba_rl.callbacks import CsvLog
 
     path = tmp_path / "episodes.csv"
     path.write_text("step,episode,return\n10,1,-2.5\n")
-    log = _CsvLog(path, ["step", "episode", "return", "stage", "time"])
+    log = CsvLog(path, ["step", "episode", "return", "stage", "time"])
     log.write({"step": 20, "episode": 2, "return": 1.5, "stage": 1, "time": 0.0})
     log.close()
     rows = list(csv.DictReader(open(path)))
@@ -243,23 +243,23 @@ def test_best_checkpoint_keeps_the_best_evaluation_and_survives_resume(tmp_path)
         return {"success_rate": success, "mean_return": ret, "step": tr.step, "episodes": 10}
 
     tr.step = 10
-    tr._keep_best(row(0.5, 1.0))
+    tr.evaluation.keep_best(tr, row(0.5, 1.0))
     with torch.no_grad():  # a different agent from here on
         for p in tr.agent.modules()["actor"].parameters():
             p.add_(1.0)
     tr.step = 20
-    tr._keep_best(row(0.4, 9.0))  # lower success: kept out despite the higher return
+    tr.evaluation.keep_best(tr, row(0.4, 9.0))  # lower success: kept out despite the higher return
     saved = safe_torch_load(tr.run_dir / BEST)
     assert saved["eval"]["step"] == 10 and saved["eval"]["success_rate"] == 0.5
     for m, mod in saved["modules"].items():
         for k, v in mod.items():
             assert torch.equal(v, first[f"{m}.{k}"]), (m, k)
     tr.step = 30
-    tr._keep_best(row(0.5, 2.0))  # same success, higher return: the new best
+    tr.evaluation.keep_best(tr, row(0.5, 2.0))  # same success, higher return: the new best
     assert safe_torch_load(tr.run_dir / BEST)["eval"]["step"] == 30
-    assert tr.best == (0.5, 2.0, 30)
+    assert tr.evaluation.best == (0.5, 2.0, 30)
     tr.save_checkpoint()
     tr.close()
     resumed = Trainer(tiny_config(tmp_path, run_name="b", **kw), run_dir=tr.run_dir, resume=True, quiet=True)
-    assert resumed.best == (0.5, 2.0, 30)
+    assert resumed.evaluation.best == (0.5, 2.0, 30)
     resumed.close()

@@ -123,6 +123,17 @@ class TrainConfig:
     save_buffer: bool = True
     torch_threads: int | None = None
     progress: bool = True
+    log_interval: int = 100  # updates between rows of updates.csv
+    # Collection: N local environments (Gymnasium vector env), or Ray workers with their own.
+    num_envs: int = 1
+    vector_mode: str = "sync"
+    ray_workers: int = 0
+    envs_per_worker: int = 1
+    sync_interval: int = 50  # updates between weight broadcasts to the Ray workers
+    ray_address: str | None = None  # None = start a local Ray; "auto" or host:port = join a cluster
+    ray_chunk: int = 32  # decisions per environment in one chunk a worker sends
+    worker_timeout_s: float = 120.0  # a chunk slower than this counts as a dead worker
+    worker_env_kwargs: list[dict[str, Any]] | None = None  # per-worker environment keywords (AirSim)
 
 
 @dataclass
@@ -144,6 +155,12 @@ class Config:
             if name in _field_names(type(sub)):
                 return getattr(sub, name)
         raise AttributeError(f"Config has no option {name!r}")
+
+    @property
+    def total_envs(self) -> int:
+        """Environments writing to replay: ``ray_workers * envs_per_worker`` with Ray, else ``num_envs``."""
+        tr = self.train
+        return tr.ray_workers * tr.envs_per_worker if tr.ray_workers > 0 else tr.num_envs
 
     def set(self, name: str, value: Any) -> None:
         """Set one option by its flag name."""
@@ -186,6 +203,7 @@ FUSIONS = ("mlp", "attention")
 IMAGE_ENCODERS = ("cnn", "vmamba")
 AMP_MODES = ("off", "bf16", "fp16")
 CRITIC_NORMS = ("joint", "state")
+VECTOR_MODES = ("sync", "async")
 
 # Presets: the spec's three configurations, a CPU preset sized by measurement on a 2-core machine
 # (README "Presets"), and HOPE's own SAC hyperparameters.
@@ -313,6 +331,20 @@ _HELP: dict[str, str] = {
     "modalities": "observation keys the agent reads, e.g. lidar target (default: all of them)",
     "actor_reg": "L2 penalty on the actor's pre-tanh output (keeps TD3 off the corners of the action box)",
     "share_encoder": "one encoder for actor and critic (critic trains it, actor reads detached features)",
+    "log_interval": "gradient updates between rows of updates.csv and TensorBoard training scalars",
+    "num_envs": "local environments stepped together, one batched policy forward for all; "
+    "--max_timesteps, --learning_starts, --updates_per_step and the intervals count decisions summed over "
+    "all environments",
+    "vector_mode": "sync (environments in this process) or async (one subprocess each, for costly steps)",
+    "ray_workers": "Ray actors collecting experience, each with --envs_per_worker environments and a CPU "
+    "copy of the policy (0 = local collection; needs pip install -e '.[ray]')",
+    "envs_per_worker": "environments per Ray worker",
+    "sync_interval": "gradient updates between weight broadcasts to the Ray workers",
+    "ray_address": "Ray cluster to join (auto or host:port); default: start a local Ray",
+    "ray_chunk": "decisions per environment in each chunk a Ray worker sends",
+    "worker_timeout_s": "a Ray worker whose chunk takes longer is treated as dead and restarted",
+    "worker_env_kwargs": "per-worker environment keywords over --env_kwargs, one JSON object per worker, "
+    'e.g. \'{"ip": "10.0.0.2"}\' \'{"ip": "10.0.0.3"}\' (a simulator each)',
 }
 
 
@@ -346,7 +378,7 @@ def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
     if f.name == "env_kwargs":
         parser.add_argument(name, type=_json_object, default=None, help=helptext)
         return
-    if f.name == "curriculum":
+    if f.name in ("curriculum", "worker_env_kwargs"):
         parser.add_argument(name, nargs="+", type=_json_object, default=None, help=helptext)
         return
     if default is None:
@@ -533,4 +565,30 @@ def validate(cfg: Config) -> None:
     _check(
         tr.torch_threads is None or tr.torch_threads >= 1,
         f"--torch_threads must be >= 1, got {tr.torch_threads}",
+    )
+    _check(tr.log_interval >= 1, f"--log_interval must be >= 1, got {tr.log_interval}")
+    _check(tr.num_envs >= 1, f"--num_envs must be >= 1, got {tr.num_envs}")
+    _check(
+        tr.vector_mode in VECTOR_MODES,
+        f"--vector_mode must be one of {', '.join(VECTOR_MODES)}, got {tr.vector_mode!r}",
+    )
+    _check(tr.ray_workers >= 0, f"--ray_workers must be >= 0, got {tr.ray_workers}")
+    _check(tr.envs_per_worker >= 1, f"--envs_per_worker must be >= 1, got {tr.envs_per_worker}")
+    _check(tr.sync_interval >= 1, f"--sync_interval must be >= 1, got {tr.sync_interval}")
+    _check(tr.ray_chunk >= 1, f"--ray_chunk must be >= 1, got {tr.ray_chunk}")
+    _check(tr.worker_timeout_s > 0, f"--worker_timeout_s must be > 0, got {tr.worker_timeout_s}")
+    _check(
+        tr.ray_workers == 0 or tr.num_envs == 1,
+        f"--num_envs {tr.num_envs} is for local collection; with --ray_workers use --envs_per_worker",
+    )
+    _check(
+        tr.worker_env_kwargs is None or len(tr.worker_env_kwargs) == tr.ray_workers,
+        f"--worker_env_kwargs needs one JSON object per Ray worker ({tr.ray_workers}), "
+        f"got {len(tr.worker_env_kwargs or [])}",
+    )
+    _check(
+        tr.buffer_size // cfg.total_envs > tr.seq_len + 1,
+        f"--buffer_size {tr.buffer_size} split over {cfg.total_envs} environments leaves "
+        f"{tr.buffer_size // cfg.total_envs} slots each; each needs more than --seq_len + 1 "
+        f"({tr.seq_len + 1})",
     )

@@ -24,13 +24,14 @@ METRIC_KEYS = (
 def run_episode(
     agent: Any, env: gym.Env, seed: int | None, explore: bool = False, on_step: Any = None
 ) -> dict[str, Any]:
-    """Roll out one episode; returns its record (return, length, flags, path length, straight-line ratio).
+    """Roll out one episode; returns its :func:`vmamba_rl.collector.episode_record`.
 
     ``on_step(obs_seq, action, reward, info)`` is called after every step (used by visualisation).
     """
-    obs, info = env.reset(seed=seed)
+    from vmamba_rl.collector import episode_record
+
+    obs, start_info = env.reset(seed=seed)
     agent.reset_episode()
-    start_dist = float(info.get("distance_to_goal", np.nan))
     total, length = 0.0, 0
     while True:
         action = agent.act(obs, explore=explore)
@@ -40,25 +41,7 @@ def run_episode(
         if on_step is not None:
             on_step(obs, action, reward, info)
         if terminated or truncated:
-            break
-    path = float(info.get("path_length", np.nan))
-    rec = {
-        "return": total,
-        "length": length,
-        "success": bool(info.get("is_success", False)),
-        "collision": bool(info.get("is_collision", False)),
-        "out_of_bounds": bool(info.get("is_out_of_bounds", False)),
-        "timeout": bool(info.get("is_timeout", truncated and not terminated)),
-        "path_length": path,
-        # path efficiency: flown path / straight-line start distance (only meaningful on success)
-        "path_ratio": path / start_dist
-        if start_dist and np.isfinite(start_dist) and start_dist > 0
-        else np.nan,
-    }
-    for key in ("slot_type", "level"):
-        if key in info:
-            rec[key] = info[key]
-    return rec
+            return episode_record(total, length, info, start_info, bool(truncated and not terminated))
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, float]:

@@ -1,4 +1,11 @@
-"""Sequence replay: single frames in a ring, episode boundaries, K-step windows built at sample time.
+"""Sequence replay: single frames in rings, episode boundaries, K-step windows built at sample time.
+
+Streams: with N environments (or Ray workers) transitions of several episodes arrive interleaved. The
+buffer keeps one ring per *stream* (an environment, ``num_streams`` of them, ``capacity // num_streams``
+slots each, as Stable-Baselines3 splits its buffer per environment), and every ``add`` names its stream,
+so a window never mixes environments or episodes. The collector says where an episode starts
+(``first=True``); nothing is inferred by comparing arrays. Everything below holds per stream: absolute
+indices count the frames written to that stream, and ``capacity`` means the stream's share.
 
 Layout (one slot = one observation frame, every key in its own dtype, so depth stays uint8):
 
@@ -47,11 +54,12 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: per-stream counters; 1 (one stream) still loads
 _OBS_PREFIX = "obs/"
 # Reject-and-redraw rounds before sample() falls back to enumerating the valid transitions.
 _MAX_REJECTION_ROUNDS = 32
@@ -81,11 +89,68 @@ def _rng_state_from_array(words: np.ndarray) -> dict:
     }
 
 
+@dataclass
+class ReplayBatch:
+    """A sampled batch, one layout whatever the sampling options (numpy arrays, B rows, K = seq_len).
+
+    ``obs`` / ``next_obs``: {key: (B, K, *shape)} raw stored dtype, the state window and the next-state
+    window (one step on, or m steps with ``n_step``; with one-step sampling both are views of one
+    gather). ``frame_ids`` / ``next_frame_ids`` (B, K) int64: the buffer slot of every window frame
+    (equal ids = the same stored frame, so an encoder can process each distinct frame once).
+    ``action`` (B, A) float32 in [-1, 1]; ``reward`` (the m-step discounted sum), ``terminated``,
+    ``truncated``, ``discount`` (gamma^m) (B,) float32; ``indices`` (B,) int64 buffer slots.
+    """
+
+    obs: dict[str, np.ndarray]
+    next_obs: dict[str, np.ndarray]
+    frame_ids: np.ndarray
+    next_frame_ids: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    discount: np.ndarray
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.reward.shape[0])
+
+    @classmethod
+    def from_windows(
+        cls,
+        windows: Mapping[str, np.ndarray],
+        action: np.ndarray,
+        reward: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray | None = None,
+        gamma: float = 0.99,
+    ) -> ReplayBatch:
+        """A batch from explicit K+1-frame windows {key: (B, K+1, *shape)} (tests, offline data): state
+        = frames [0:K], next state = [1:K+1], every frame distinct, one-step discount ``gamma``."""
+        w = {k: np.asarray(v) for k, v in windows.items()}
+        B, K1 = next(iter(w.values())).shape[:2]
+        ids = np.arange(B * K1, dtype=np.int64).reshape(B, K1)
+        reward = np.asarray(reward, np.float32).reshape(B)
+        return cls(
+            obs={k: v[:, :-1] for k, v in w.items()},
+            next_obs={k: v[:, 1:] for k, v in w.items()},
+            frame_ids=ids[:, :-1],
+            next_frame_ids=ids[:, 1:],
+            action=np.asarray(action, np.float32).reshape(B, -1),
+            reward=reward,
+            terminated=np.asarray(terminated, np.float32).reshape(B),
+            truncated=np.zeros(B, np.float32) if truncated is None else np.asarray(truncated, np.float32),
+            discount=np.full(B, gamma, np.float32),
+            indices=ids[:, -2],
+        )
+
+
 class SequenceReplayBuffer:
-    """Ring of single frames sampled as episode-aware K-step windows (see the module docstring).
+    """Rings of single frames, one per stream, sampled as episode-aware K-step windows (module docstring).
 
     Args:
-        capacity: number of frame slots (``--buffer_size``); an episode of T steps uses T + 1 of them.
+        capacity: number of frame slots (``--buffer_size``), split evenly over the streams; an episode of
+            T steps uses T + 1 of its stream's slots.
         seq_len: K, the history length the networks read.
         observation_space: the single-step Dict space, e.g. depth uint8 (1, 64, 64) and base float32
             (10,); each key is stored with its own shape and dtype.
@@ -94,6 +159,7 @@ class SequenceReplayBuffer:
         segment: M, transitions per sampled run (1 = independent transitions; see the module docstring).
         n_step: n, transitions summed into one sampled return (1 = one-step TD).
         gamma: discount used for the n-step sums and ``discount``.
+        num_streams: S, the number of environments writing interleaved episodes (one ring each).
     """
 
     def __init__(
@@ -106,9 +172,15 @@ class SequenceReplayBuffer:
         segment: int = 1,
         n_step: int = 1,
         gamma: float = 0.99,
+        num_streams: int = 1,
     ) -> None:
-        if int(capacity) < 2:
-            raise ValueError(f"capacity must be >= 2 (a transition needs two frames), got {capacity}")
+        if int(num_streams) < 1:
+            raise ValueError(f"num_streams must be >= 1, got {num_streams}")
+        if int(capacity) // int(num_streams) < 2:
+            raise ValueError(
+                f"capacity must give each of the {num_streams} stream(s) >= 2 slots (a transition needs "
+                f"two frames), got {capacity}"
+            )
         if int(seq_len) < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         if int(segment) < 1:
@@ -122,6 +194,8 @@ class SequenceReplayBuffer:
                 f"observation_space must be a gymnasium.spaces.Dict, got {type(observation_space)}"
             )
         self.capacity = int(capacity)
+        self.num_streams = int(num_streams)
+        self.stream_capacity = self.capacity // self.num_streams  # C: slots per stream
         self.seq_len = int(seq_len)
         self.action_dim = int(action_dim)
         self.segment = int(segment)
@@ -137,7 +211,7 @@ class SequenceReplayBuffer:
         if not self._shapes:
             raise ValueError("observation_space has no keys")
 
-        n = self.capacity
+        n, S = self.stream_capacity * self.num_streams, self.num_streams
         # np.zeros maps pages lazily, so an unfilled buffer costs little resident memory.
         self._frames = {k: np.zeros((n, *s), dtype=self._dtypes[k]) for k, s in self._shapes.items()}
         self._action = np.zeros((n, self.action_dim), dtype=np.float32)
@@ -146,16 +220,27 @@ class SequenceReplayBuffer:
         self._truncated = np.zeros(n, dtype=bool)
         self._has_action = np.zeros(n, dtype=bool)
         self._episode_start = np.zeros(n, dtype=np.int64)  # absolute index of the episode's first frame
-        self._t = 0  # frames ever written; the next frame goes to slot _t % capacity
-        self._open = False  # the newest frame ends an episode that the next add() may continue
-        self._current_episode_start = 0
-        self._num_transitions = 0  # slots with has_action among the stored frames
-        # Absolute index below which frames are lost even if the ring has not wrapped past them: a
-        # discarded episode overwrote them before it was rolled back (see discard_episode).
-        self._floor = 0
+        # Per stream: frames ever written (the next frame goes to slot _t % C of the stream's ring) ...
+        self._t = np.zeros(S, dtype=np.int64)
+        self._open = np.zeros(S, dtype=bool)  # ... whether its newest frame ends an open episode ...
+        self._current_episode_start = np.zeros(S, dtype=np.int64)
+        self._num_transitions = np.zeros(S, dtype=np.int64)  # ... slots with has_action ...
+        # ... and the absolute index below which frames are lost even if the ring has not wrapped past
+        # them: a discarded episode overwrote them before it was rolled back (see discard_episode).
+        self._floor = np.zeros(S, dtype=np.int64)
         self._rng = np.random.Generator(np.random.PCG64(seed))
 
     # ------------------------------------------------------------------ writing
+
+    def _stream(self, stream: int) -> int:
+        s = int(stream)
+        if not 0 <= s < self.num_streams:
+            raise ValueError(f"stream must be in [0, {self.num_streams}), got {stream}")
+        return s
+
+    def _slot(self, s: np.ndarray | int, a: np.ndarray | int) -> np.ndarray:
+        """(stream, absolute index) -> buffer row."""
+        return s * self.stream_capacity + a % self.stream_capacity
 
     def add(
         self,
@@ -165,38 +250,47 @@ class SequenceReplayBuffer:
         next_obs: Mapping[str, np.ndarray],
         terminated: bool,
         truncated: bool,
+        *,
+        stream: int = 0,
+        first: bool = False,
     ) -> None:
-        """Store one transition (single-step observations; action normalised to [-1, 1], shape (A,)).
+        """Store one transition of ``stream`` (single-step observations; action in [-1, 1], shape (A,)).
 
-        ``obs`` is written only when it starts an episode: after a terminated/truncated step, after
-        :meth:`end_episode`, or when it differs from the previous step's ``next_obs`` (e.g. the loop
-        reset the environment after a resume). Otherwise it is the frame already stored.
+        ``first``: ``obs`` is the reset frame of a new episode (the collector says so). A new episode
+        also starts when the stream has none open (after a terminated / truncated step or
+        :meth:`end_episode`). Otherwise ``obs`` is the previous transition's ``next_obs``, already stored.
         """
+        s = self._stream(stream)
         obs_arr = self._check_obs(obs, "obs")
         next_arr = self._check_obs(next_obs, "next_obs")
         act = np.asarray(action, dtype=np.float32)
         if act.size != self.action_dim:
             raise ValueError(f"action must have {self.action_dim} elements, got shape {act.shape}")
+        if not (np.all(np.isfinite(act)) and np.isfinite(reward)):
+            raise ValueError(f"action {act.tolist()} / reward {reward} must be finite; nothing was stored")
 
-        if not self._continues(obs_arr):
-            self._current_episode_start = self._t
-            self._write_frame(obs_arr)
-        slot = (self._t - 1) % self.capacity
+        if first or not self._open[s] or self._t[s] == 0:
+            self._current_episode_start[s] = self._t[s]
+            self._write_frame(s, obs_arr)
+        slot = self._slot(s, self._t[s] - 1)
         self._action[slot] = act.reshape(self.action_dim)
         self._reward[slot] = float(reward)
         self._terminated[slot] = bool(terminated)
         self._truncated[slot] = bool(truncated)
         self._has_action[slot] = True
-        self._num_transitions += 1
-        self._write_frame(next_arr)
-        self._open = not (terminated or truncated)
+        self._num_transitions[s] += 1
+        self._write_frame(s, next_arr)
+        self._open[s] = not (terminated or truncated)
 
-    def end_episode(self) -> None:
-        """Close the current episode without a flag, so the next add() starts a new one."""
-        self._open = False
+    def end_episode(self, stream: int | None = None) -> None:
+        """Close the stream's current episode (every stream's with None) without a flag."""
+        if stream is None:
+            self._open[:] = False
+        else:
+            self._open[self._stream(stream)] = False
 
-    def discard_episode(self) -> int:
-        """Remove the current unfinished episode (every frame since its reset frame) from the buffer.
+    def discard_episode(self, stream: int = 0) -> int:
+        """Remove the stream's current unfinished episode (every frame since its reset frame).
 
         For an episode a simulator fault broke: its transitions must never be sampled. The write
         position rolls back to the episode's first frame, so the next :meth:`add` starts a new episode
@@ -206,24 +300,28 @@ class SequenceReplayBuffer:
 
         Returns the number of transitions removed.
         """
-        if not self._open:
+        s = self._stream(stream)
+        if not self._open[s]:
             return 0
-        start, end = self._current_episode_start, self._t
+        C = self.stream_capacity
+        start, end = int(self._current_episode_start[s]), int(self._t[s])
         # An episode longer than the ring fills every slot (each counted once).
-        slots = np.arange(start, min(end, start + self.capacity), dtype=np.int64) % self.capacity
+        slots = self._slot(s, np.arange(start, min(end, start + C), dtype=np.int64))
         removed = int(np.count_nonzero(self._has_action[slots]))
         self._has_action[slots] = False
-        self._num_transitions -= removed
-        # Absolute frames below end - capacity were overwritten by this episode; after the rollback the
-        # ring would count them as stored again, so the floor keeps them out. An episode longer than
-        # the ring leaves nothing stored (floor = start).
-        self._floor = min(max(self._floor, end - self.capacity), start)
-        self._t = start
-        self._open = False
+        self._num_transitions[s] -= removed
+        # Absolute frames below end - C were overwritten by this episode; after the rollback the ring
+        # would count them as stored again, so the floor keeps them out. An episode longer than the
+        # ring leaves nothing stored (floor = start).
+        self._floor[s] = min(max(int(self._floor[s]), end - C), start)
+        self._t[s] = start
+        self._open[s] = False
         return removed
 
     def _check_obs(self, obs: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-        """Validate keys and shapes; cast to the stored dtype (same-kind casts only: no float->uint8)."""
+        """Validate keys, shapes and values; cast to the stored dtype (same-kind casts only).
+
+        A NaN or inf in a float observation is refused: a broken frame must not enter replay."""
         if set(obs.keys()) != set(self._shapes):
             raise ValueError(
                 f"{name} keys {sorted(obs.keys())} != observation space keys {sorted(self._shapes)}"
@@ -235,186 +333,206 @@ class SequenceReplayBuffer:
                 raise ValueError(f"{name}[{key!r}] has shape {value.shape}, expected {shape}")
             if not np.can_cast(value.dtype, self._dtypes[key], casting="same_kind"):
                 raise ValueError(f"{name}[{key!r}] has dtype {value.dtype}, expected {self._dtypes[key]}")
+            if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                raise ValueError(f"{name}[{key!r}] holds NaN or inf; nothing was stored")
             out[key] = value.astype(self._dtypes[key], copy=False)
         return out
 
-    def _continues(self, obs: dict[str, np.ndarray]) -> bool:
-        """True when obs is the newest stored frame of an open episode (the usual step-to-step case)."""
-        if not self._open or self._t == 0:
-            return False
-        slot = (self._t - 1) % self.capacity
-        return all(np.array_equal(self._frames[k][slot], obs[k], equal_nan=True) for k in self._shapes)
-
-    def _write_frame(self, obs: dict[str, np.ndarray]) -> None:
-        slot = self._t % self.capacity
+    def _write_frame(self, s: int, obs: dict[str, np.ndarray]) -> None:
+        slot = self._slot(s, self._t[s])
         if self._has_action[slot]:  # overwriting the oldest frame drops its transition
             self._has_action[slot] = False
-            self._num_transitions -= 1
+            self._num_transitions[s] -= 1
         for key, value in obs.items():
             self._frames[key][slot] = value
-        self._episode_start[slot] = self._current_episode_start
-        self._t += 1
+        self._episode_start[slot] = self._current_episode_start[s]
+        self._t[s] += 1
 
     # ------------------------------------------------------------------ validity
 
     @property
-    def _oldest(self) -> int:
-        """Absolute index of the oldest frame still stored."""
-        return max(self._t - self.capacity, self._floor)
+    def _oldest(self) -> np.ndarray:
+        """(S,) absolute index of each stream's oldest frame still stored."""
+        return np.maximum(self._t - self.stream_capacity, self._floor)
 
-    def _is_valid(self, a: np.ndarray) -> np.ndarray:
-        """Absolute indices (any shape) -> bool: a stored transition whose whole window is stored."""
-        oldest = self._oldest
-        in_range = (a >= oldest) & (a < self._t - 1)
-        slot = np.where(in_range, a, 0) % self.capacity
+    def _is_valid(self, s: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """Streams and absolute indices (broadcastable) -> bool: a stored transition whose whole window
+        is stored."""
+        s, a = np.broadcast_arrays(np.asarray(s, np.int64), np.asarray(a, np.int64))
+        oldest = self._oldest[s]
+        in_range = (a >= oldest) & (a < self._t[s] - 1)
+        slot = self._slot(s, np.where(in_range, a, 0))
         first_needed = np.maximum(a - (self.seq_len - 1), self._episode_start[slot])
         return in_range & self._has_action[slot] & (first_needed >= oldest)
 
     def __len__(self) -> int:
         """Number of samplable transitions."""
-        oldest = self._oldest
-        # Only the oldest episode can have lost its head, and only its first K-1 stored transitions
-        # can need a lost frame: check those few slots instead of the whole ring.
-        head = np.arange(oldest, min(oldest + self.seq_len - 1, self._t)) % self.capacity
-        lost = np.count_nonzero(self._has_action[head] & (self._episode_start[head] < oldest))
-        return self._num_transitions - int(lost)
+        total = 0
+        for s, oldest in enumerate(self._oldest.tolist()):
+            # Only the oldest episode can have lost its head, and only its first K-1 stored transitions
+            # can need a lost frame: check those few slots instead of the whole ring.
+            head = self._slot(s, np.arange(oldest, min(oldest + self.seq_len - 1, int(self._t[s]))))
+            lost = np.count_nonzero(self._has_action[head] & (self._episode_start[head] < oldest))
+            total += int(self._num_transitions[s]) - int(lost)
+        return total
 
     @property
     def frames_stored(self) -> int:
-        """Number of stored frames (occupied slots whose frame is still valid)."""
-        return self._t - self._oldest
+        """Number of stored frames (occupied slots whose frame is still valid), over all streams."""
+        return int((self._t - self._oldest).sum())
 
-    def _to_absolute(self, slots: np.ndarray) -> np.ndarray:
-        oldest = self._oldest
-        return oldest + (slots - oldest) % self.capacity
+    def _to_absolute(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Buffer rows -> (stream, absolute index)."""
+        C = self.stream_capacity
+        s = slots // C
+        oldest = self._oldest[s]
+        return s, oldest + (slots % C - oldest) % C
 
     def valid_indices(self) -> np.ndarray:
-        """Slot indices (n,) of every samplable transition, oldest first (O(capacity): tests, debugging)."""
-        a = np.arange(self._oldest, self._t, dtype=np.int64)
-        return a[self._is_valid(a)] % self.capacity
+        """Buffer rows (n,) of every samplable transition, stream by stream, oldest first (O(capacity):
+        tests, debugging)."""
+        parts = []
+        for s in range(self.num_streams):
+            a = np.arange(self._oldest[s], self._t[s], dtype=np.int64)
+            parts.append(self._slot(s, a[self._is_valid(s, a)]))
+        return np.concatenate(parts)
 
     # ------------------------------------------------------------------ reading
 
-    def sample(self, batch_size: int) -> dict:
-        """Draw ``batch_size`` transitions uniformly (with replacement) over all samplable ones.
+    def _draw(self, lo: np.ndarray, span: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Uniform draws over the union of the streams' ranges [lo_s, lo_s + span_s): (stream, index).
 
-        With ``segment`` M > 1 they come as runs of up to M consecutive transitions (same marginal).
+        With one stream this is ``lo + rng.integers(0, span)``, the draw of the single-ring buffer."""
+        span = np.maximum(span, 0)
+        u = self._rng.integers(0, int(span.sum()), size=size)
+        if self.num_streams == 1:
+            return np.zeros(size, np.int64), lo[0] + u
+        ends = np.cumsum(span)
+        s = np.searchsorted(ends, u, side="right")
+        return s, lo[s] + u - (ends[s] - span[s])
 
-        Returns numpy arrays: ``obs`` {key: (B, K+1, *shape)} in the stored dtype ([:, 0:K] state
-        window, [:, 1:K+1] next-state window); ``action`` (B, A) float32, the action taken at the last
-        step of the state window; ``reward``, ``terminated``, ``truncated`` (B,) float32; ``indices``
-        (B,) int64 slot indices of the transitions; ``frame_ids`` (B, K+1) int64 slot of every window
-        frame (equal ids = the same stored frame, so an encoder can process each one once);
-        ``discount`` (B,) float32 gamma^m. With ``n_step`` > 1 also ``next_obs`` {key: (B, K, *shape)} and
-        ``next_frame_ids`` (B, K): the next-state window m steps ahead (``obs[:, 1:]`` is then the
-        one-step window, unused by the targets), and ``reward`` is the m-step discounted sum.
-        """
+    def _fallback(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._to_absolute(self.valid_indices()[self._rng.integers(0, len(self), size=size)])
+
+    def sample(self, batch_size: int) -> ReplayBatch:
+        """Draw ``batch_size`` transitions uniformly (with replacement) over all samplable ones of every
+        stream; with ``segment`` M > 1 they come as runs of up to M consecutive transitions of one
+        stream (same marginal). See :class:`ReplayBatch` for the layout."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(self) == 0:
             raise ValueError("cannot sample: the buffer holds no samplable transition yet")
         if self.segment > 1:
-            return self._gather(self._sample_segments(batch_size))
-        oldest, stored = self._oldest, self.frames_stored
-        chosen = np.empty(batch_size, dtype=np.int64)
+            return self._gather(*self._sample_segments(batch_size))
+        oldest, stored = self._oldest, self._t - self._oldest
+        s_out = np.empty(batch_size, dtype=np.int64)
+        a_out = np.empty(batch_size, dtype=np.int64)
         filled = 0
         # Rejection sampling keeps sample() O(B) instead of O(capacity): draw uniform frames and keep
         # the valid ones; accepted draws are uniform over the valid transitions. Invalid frames (the
         # final frame of each episode, a few at the ring's tail) are a small fraction.
         for _ in range(_MAX_REJECTION_ROUNDS):
-            cand = oldest + self._rng.integers(0, stored, size=batch_size - filled)
-            cand = cand[self._is_valid(cand)]
-            chosen[filled : filled + cand.size] = cand
-            filled += cand.size
+            s, a = self._draw(oldest, stored, batch_size - filled)
+            keep = self._is_valid(s, a)
+            n = int(keep.sum())
+            s_out[filled : filled + n], a_out[filled : filled + n] = s[keep], a[keep]
+            filled += n
             if filled == batch_size:
                 break
         else:
-            valid = self._to_absolute(self.valid_indices())
-            chosen[filled:] = valid[self._rng.integers(0, valid.size, size=batch_size - filled)]
-        return self._gather(chosen)
+            s_out[filled:], a_out[filled:] = self._fallback(batch_size - filled)
+        return self._gather(s_out, a_out)
 
-    def _sample_segments(self, batch_size: int) -> np.ndarray:
-        """Absolute indices (B,) of runs of consecutive samplable transitions (module docstring)."""
+    def _sample_segments(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(stream, absolute index) (B,) of runs of consecutive samplable transitions (module docstring)."""
         M = self.segment
         lo = self._oldest - (M - 1)
         span = self._t - 1 - lo  # anchors p in [lo, t - 1): the newest transition is at t - 2
         offsets = np.arange(M, dtype=np.int64)
-        parts, total = [], 0
+        s_parts, a_parts, total = [], [], 0
         for _ in range(_MAX_REJECTION_ROUNDS):
             n_anchor = -(-(batch_size - total) // M)
-            runs = (lo + self._rng.integers(0, span, size=n_anchor))[:, None] + offsets[None, :]
-            runs = runs[self._is_valid(runs)]  # row-major: each run stays in time order
-            parts.append(runs)
-            total += runs.size
+            s, p = self._draw(lo, span, n_anchor)
+            runs = p[:, None] + offsets[None, :]
+            streams = np.broadcast_to(s[:, None], runs.shape)
+            keep = self._is_valid(streams, runs)  # row-major: each run stays in time order
+            s_parts.append(streams[keep])
+            a_parts.append(runs[keep])
+            total += int(keep.sum())
             if total >= batch_size:
                 break
         else:
-            valid = self._to_absolute(self.valid_indices())
-            parts.append(valid[self._rng.integers(0, valid.size, size=batch_size - total)])
-        chosen = np.concatenate(parts)
-        if chosen.size > batch_size:
+            s, a = self._fallback(batch_size - total)
+            s_parts.append(s)
+            a_parts.append(a)
+        s_all, a_all = np.concatenate(s_parts), np.concatenate(a_parts)
+        if a_all.size > batch_size:
             # Drop the surplus at random positions (not the tail of the last run), so no position
             # inside a run is favoured.
-            keep = np.sort(self._rng.choice(chosen.size, size=batch_size, replace=False))
-            chosen = chosen[keep]
-        return chosen
+            keep = np.sort(self._rng.choice(a_all.size, size=batch_size, replace=False))
+            s_all, a_all = s_all[keep], a_all[keep]
+        return s_all, a_all
 
-    def get(self, indices: np.ndarray) -> dict:
-        """The same dict as :meth:`sample` for given slot indices (B,) of samplable transitions."""
+    def get(self, indices: np.ndarray) -> ReplayBatch:
+        """The same batch as :meth:`sample` for given buffer rows (B,) of samplable transitions."""
         slots = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if slots.size and (slots.min() < 0 or slots.max() >= self.capacity):
-            raise ValueError(f"indices must lie in [0, {self.capacity}), got {slots.min()}..{slots.max()}")
-        a = self._to_absolute(slots)
-        bad = ~self._is_valid(a)
+        n = self.stream_capacity * self.num_streams
+        if slots.size and (slots.min() < 0 or slots.max() >= n):
+            raise ValueError(f"indices must lie in [0, {n}), got {slots.min()}..{slots.max()}")
+        s, a = self._to_absolute(slots)
+        bad = ~self._is_valid(s, a)
         if bad.any():
             raise ValueError(f"slot indices {slots[bad][:10].tolist()} are not samplable transitions")
-        return self._gather(a)
+        return self._gather(s, a)
 
-    def _gather(self, a: np.ndarray) -> dict:
-        """Absolute transition indices (B,) -> batch dict; one fancy-index gather per key."""
-        slot = a % self.capacity
-        offsets = np.arange(-(self.seq_len - 1), 2, dtype=np.int64)  # (K+1,): -(K-1) .. +1
+    def _gather(self, s: np.ndarray, a: np.ndarray) -> ReplayBatch:
+        """(stream, absolute transition index) (B,) -> batch; one fancy-index gather per key."""
+        K = self.seq_len
+        slot = self._slot(s, a)
+        start = self._episode_start[slot][:, None]
+        offsets = np.arange(-(K - 1), 2, dtype=np.int64)  # (K+1,): -(K-1) .. +1
         # (B, K+1) absolute frame indices, clamped to the episode's first frame (acting-time padding).
-        window = np.maximum(a[:, None] + offsets[None, :], self._episode_start[slot][:, None])
-        window %= self.capacity
-        out = {
-            "obs": {k: v[window] for k, v in self._frames.items()},
-            "action": self._action[slot],
-            "reward": self._reward[slot],
-            "terminated": self._terminated[slot].astype(np.float32),
-            "truncated": self._truncated[slot].astype(np.float32),
-            "discount": np.full(a.shape, self.gamma, dtype=np.float32),
-            "indices": slot,
-            "frame_ids": window,
-        }
+        window = self._slot(s[:, None], np.maximum(a[:, None] + offsets[None, :], start))
+        frames = {k: v[window] for k, v in self._frames.items()}
+        batch = ReplayBatch(
+            obs={k: v[:, :K] for k, v in frames.items()},
+            next_obs={k: v[:, 1:] for k, v in frames.items()},
+            frame_ids=window[:, :K],
+            next_frame_ids=window[:, 1:],
+            action=self._action[slot],
+            reward=self._reward[slot],
+            terminated=self._terminated[slot].astype(np.float32),
+            truncated=self._truncated[slot].astype(np.float32),
+            discount=np.full(a.shape, self.gamma, dtype=np.float32),
+            indices=slot,
+        )
         if self.n_step > 1:
-            out.update(self._n_step(a, slot, offsets[1:]))
-        return out
+            self._n_step(batch, s, a, slot, start)
+        return batch
 
-    def _n_step(self, a: np.ndarray, slot: np.ndarray, offsets: np.ndarray) -> dict:
-        """m-step reward, flags, discount and next window for transitions ``a`` (module docstring)."""
+    def _n_step(
+        self, batch: ReplayBatch, s: np.ndarray, a: np.ndarray, slot: np.ndarray, start: np.ndarray
+    ) -> None:
+        """Replace the one-step parts of ``batch`` by the m-step ones (module docstring)."""
         j = np.arange(self.n_step, dtype=np.int64)
         ahead = a[:, None] + j[None, :]  # (B, n) absolute indices of the look-ahead transitions
-        s = ahead % self.capacity
-        ends = self._terminated[s] | self._truncated[s]
-        ok = (ahead < self._t - 1) & self._has_action[s]
-        ok &= self._episode_start[s] == self._episode_start[slot][:, None]
+        rows = self._slot(s[:, None], ahead)
+        ends = self._terminated[rows] | self._truncated[rows]
+        ok = (ahead < (self._t[s] - 1)[:, None]) & self._has_action[rows]
+        ok &= self._episode_start[rows] == start
         ok[:, 1:] &= ~np.cumsum(ends[:, :-1], axis=1, dtype=np.int64).astype(bool)  # stop after an end
         ok = np.cumprod(ok, axis=1, dtype=bool)  # a contiguous prefix; column 0 is always true
         m = ok.sum(axis=1)
         powers = self.gamma ** j.astype(np.float64)
-        reward = (self._reward[s] * powers[None, :] * ok).sum(axis=1)
-        last = (a + m - 1) % self.capacity
-        nxt = np.maximum((a + m)[:, None] + offsets[None, :] - 1, self._episode_start[slot][:, None])
-        nxt %= self.capacity
-        return {
-            "reward": reward.astype(np.float32),
-            "terminated": self._terminated[last].astype(np.float32),
-            "truncated": self._truncated[last].astype(np.float32),
-            "discount": (self.gamma ** m.astype(np.float64)).astype(np.float32),
-            "next_obs": {k: v[nxt] for k, v in self._frames.items()},
-            "next_frame_ids": nxt,
-        }
+        last = self._slot(s, a + m - 1)
+        offsets = np.arange(-(self.seq_len - 1), 1, dtype=np.int64)  # the K frames ending at a + m
+        nxt = self._slot(s[:, None], np.maximum((a + m)[:, None] + offsets[None, :], start))
+        batch.reward = (self._reward[rows] * powers[None, :] * ok).sum(axis=1).astype(np.float32)
+        batch.terminated = self._terminated[last].astype(np.float32)
+        batch.truncated = self._truncated[last].astype(np.float32)
+        batch.discount = (self.gamma ** m.astype(np.float64)).astype(np.float32)
+        batch.next_obs = {k: v[nxt] for k, v in self._frames.items()}
+        batch.next_frame_ids = nxt
 
     # ------------------------------------------------------------------ memory
 
@@ -437,8 +555,9 @@ class SequenceReplayBuffer:
 
     def memory_report(self) -> str:
         """A few lines for the start of a run: allocation per key and current fill (MB = 10^6 bytes)."""
+        streams = f", {self.num_streams} streams of {self.stream_capacity}" if self.num_streams > 1 else ""
         lines = [
-            f"SequenceReplayBuffer: {self.capacity} frame slots, seq_len K={self.seq_len}, "
+            f"SequenceReplayBuffer: {self.capacity} frame slots{streams}, seq_len K={self.seq_len}, "
             f"{self.nbytes / 1e6:.1f} MB allocated"
         ]
         for key, frames in self._frames.items():
@@ -452,70 +571,94 @@ class SequenceReplayBuffer:
 
     # ------------------------------------------------------------------ persistence
 
+    def _written_rows(self, t: np.ndarray) -> np.ndarray:
+        """Rows ever written, stream by stream (the part of the arrays a state dict carries)."""
+        C = self.stream_capacity
+        return np.concatenate(
+            [s * C + np.arange(min(int(n), C), dtype=np.int64) for s, n in enumerate(t.tolist())]
+        )
+
     def state_dict(self) -> dict:
         """Copies of the occupied rows plus counters and the sampling RNG: numpy arrays and ints only."""
-        # Rows [0, min(t, capacity)) are the slots ever written; after discard_episode some of them may
-        # lie below the floor, which is saved too.
-        written = min(self._t, self.capacity)
-        d: dict = {k: v[:written].copy() for k, v in self._arrays().items()}
+        # The rows ever written; after discard_episode some of them may lie below the floor (saved too).
+        rows = self._written_rows(self._t)
+        d: dict = {k: v[rows] for k, v in self._arrays().items()}
         d.update(
             format_version=_FORMAT_VERSION,
             capacity=self.capacity,
             seq_len=self.seq_len,
             action_dim=self.action_dim,
-            frames_written=self._t,
-            open=int(self._open),
-            current_episode_start=self._current_episode_start,
-            num_transitions=self._num_transitions,
-            floor=self._floor,
+            num_streams=self.num_streams,
+            frames_written=self._t.copy(),
+            open=self._open.astype(np.int64),
+            current_episode_start=self._current_episode_start.copy(),
+            num_transitions=self._num_transitions.copy(),
+            floor=self._floor.copy(),
             rng_state=_rng_state_to_array(self._rng),
         )
         return d
 
     def load_state_dict(self, d: Mapping) -> None:
-        """Restore :meth:`state_dict` output (ints may arrive as 0-d arrays, as from np.load)."""
+        """Restore :meth:`state_dict` output (ints may arrive as 0-d arrays, as from np.load).
+
+        Format 1 (one ring, before streams) loads into a one-stream buffer."""
 
         def scalar(name: str) -> int:
             if name not in d:
                 raise ValueError(f"replay state is missing {name!r}")
             return int(np.asarray(d[name]))
 
-        if scalar("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"replay state format {scalar('format_version')} != {_FORMAT_VERSION}")
-        for name, mine in (
-            ("capacity", self.capacity),
-            ("seq_len", self.seq_len),
-            ("action_dim", self.action_dim),
+        def per_stream(name: str, default: int | None = None) -> np.ndarray:
+            if name not in d:
+                if default is None:
+                    raise ValueError(f"replay state is missing {name!r}")
+                return np.full(self.num_streams, default, np.int64)
+            v = np.asarray(d[name]).astype(np.int64).reshape(-1)
+            if v.shape != (self.num_streams,):
+                raise ValueError(f"replay state {name!r} has {v.size} values, expected {self.num_streams}")
+            return v
+
+        version = scalar("format_version")
+        if version not in (1, _FORMAT_VERSION):
+            raise ValueError(f"replay state format {version} is not one of 1, {_FORMAT_VERSION}")
+        streams = scalar("num_streams") if version >= 2 else 1
+        for name, theirs, mine in (
+            ("capacity", scalar("capacity"), self.capacity),
+            ("seq_len", scalar("seq_len"), self.seq_len),
+            ("action_dim", scalar("action_dim"), self.action_dim),
+            ("num_streams", streams, self.num_streams),
         ):
-            if scalar(name) != mine:
-                raise ValueError(f"replay state has {name}={scalar(name)}, this buffer has {name}={mine}")
+            if theirs != mine:
+                raise ValueError(f"replay state has {name}={theirs}, this buffer has {name}={mine}")
         saved_keys = {k[len(_OBS_PREFIX) :] for k in d if isinstance(k, str) and k.startswith(_OBS_PREFIX)}
         if saved_keys != set(self._shapes):
             raise ValueError(
                 f"replay state has observation keys {sorted(saved_keys)}, expected {sorted(self._shapes)}"
             )
-        t = scalar("frames_written")
-        stored = min(t, self.capacity)
+        t = per_stream("frames_written")
+        if np.any(t < 0):
+            raise ValueError(f"replay state frames_written must be >= 0, got {t.tolist()}")
+        rows = self._written_rows(t)
         arrays = self._arrays()
         for name, target in arrays.items():
             if name not in d:
                 raise ValueError(f"replay state is missing {name!r}")
             value = np.asarray(d[name])
-            expected = (stored, *target.shape[1:])
+            expected = (rows.size, *target.shape[1:])
             if value.shape != expected or value.dtype != target.dtype:
                 raise ValueError(
                     f"replay state {name!r} is {value.dtype} {value.shape}, "
                     f"expected {target.dtype} {expected}"
                 )
         for name, target in arrays.items():
-            target[:stored] = d[name]
-            target[stored:] = 0
+            target[:] = 0
+            target[rows] = d[name]
         self._t = t
-        self._open = bool(scalar("open"))
-        self._current_episode_start = scalar("current_episode_start")
-        self._num_transitions = scalar("num_transitions")
+        self._open = per_stream("open").astype(bool)
+        self._current_episode_start = per_stream("current_episode_start")
+        self._num_transitions = per_stream("num_transitions")
         # Files written before discard_episode existed have no floor: nothing was ever discarded.
-        self._floor = scalar("floor") if "floor" in d else 0
+        self._floor = per_stream("floor", default=0)
         self._rng.bit_generator.state = _rng_state_from_array(d["rng_state"])
 
     def save(self, path: str | os.PathLike) -> None:

@@ -1,9 +1,11 @@
 """What every agent offers the training loop, and the pieces all agents share.
 
-The loop talks to agents only through :class:`BaseAgent`: ``act`` on a K-step observation dict (what
-:class:`vmamba_rl.envs.wrappers.SequenceHistory` yields), ``store_transition`` of single-step
+The loop and the collectors talk to agents only through :class:`BaseAgent`: ``act_batch`` on N K-step
+observations (what N :class:`vmamba_rl.envs.wrappers.SequenceHistory` environments yield; ``act`` for
+one), ``make_noise`` for each environment's exploration process, ``store_transition`` of single-step
 observations into the agent's ``replay_buffer``, ``train(progress_ratio)`` for one gradient update,
-``reset_episode`` at episode starts, and ``state_dict`` / ``load_state_dict`` / ``save`` / ``load``.
+``policy_state`` / ``load_policy_state`` for the acting copies of remote workers, and ``state_dict`` /
+``load_state_dict`` / ``save`` / ``load``.
 Actions cross the boundary in environment units; inside, agents and replay work in [-1, 1].
 """
 
@@ -111,7 +113,9 @@ class BaseAgent(ABC):
         action_space: gym.spaces.Box,
         cfg: Config,
         device: str | torch.device = "auto",
+        num_streams: int = 1,
     ) -> None:
+        """``num_streams``: environments writing to replay (one ring each, see :mod:`vmamba_rl.replay`)."""
         from vmamba_rl.replay import SequenceReplayBuffer
 
         self.cfg = cfg
@@ -132,12 +136,27 @@ class BaseAgent(ABC):
             segment=cfg.replay_segment,
             n_step=cfg.n_step,
             gamma=cfg.gamma,
+            num_streams=num_streams,
         )
 
     # --- acting ---------------------------------------------------------------------------------
     @abstractmethod
+    def act_batch(
+        self, obs: dict[str, np.ndarray], explore: bool = True, noise: np.ndarray | None = None
+    ) -> np.ndarray:
+        """N K-step observations {key: (N, K, ...)} -> actions (N, A) in environment units, one forward.
+
+        ``noise`` (N, A): exploration noise in [-1, 1] units, added before clipping by agents whose
+        exploration is additive (TD3); agents that explore by sampling (SAC) ignore it."""
+
+    @abstractmethod
     def act(self, obs_seq: dict[str, np.ndarray], explore: bool = True) -> np.ndarray:
         """K-step observation dict (each value (K, ...)) -> action in environment units, shape (A,)."""
+
+    def make_noise(self, index: int) -> Any:
+        """A fresh exploration process for environment ``index`` (``sample()`` -> (A,), ``reset()``,
+        ``scale_sigma(p)``, ``state_dict()``), or None when the policy explores by itself."""
+        return None
 
     def reset_episode(self) -> None:  # noqa: B027 (optional hook)
         """Called at every episode start (resets exploration noise state)."""
@@ -151,17 +170,22 @@ class BaseAgent(ABC):
         next_obs: dict[str, np.ndarray],
         terminated: bool,
         truncated: bool,
+        *,
+        stream: int = 0,
+        first: bool = False,
     ) -> None:
         """Single-step observations (stored raw) and an environment-unit action into the replay buffer.
 
+        ``stream``: the environment it came from; ``first``: ``obs`` is its episode's reset frame.
         ``obs`` also updates the agent's observation normaliser, if it has one (``next_obs`` is the next
         transition's ``obs``, so each observation is counted once); acting never updates it.
         """
-        if self.normalizer is not None:
-            self.normalizer.update(obs)
         self.replay_buffer.add(
-            obs, self.scaler.to_norm(action), float(reward), next_obs, terminated, truncated
-        )
+            obs, self.scaler.to_norm(action), float(reward), next_obs, terminated, truncated,
+            stream=stream, first=first,
+        )  # fmt: skip
+        if self.normalizer is not None:  # after the buffer accepted it: a refused step counts nowhere
+            self.normalizer.update(obs)
 
     @abstractmethod
     def train(self, progress_ratio: float = 0.0) -> dict[str, float] | None:
@@ -174,6 +198,24 @@ class BaseAgent(ABC):
     @abstractmethod
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Named optimisers, saved in checkpoints for an exact resume."""
+
+    def policy_modules(self) -> dict[str, nn.Module]:
+        """The networks acting needs (what remote workers receive); default: all of them."""
+        return self.modules()
+
+    def policy_state(self) -> dict[str, Any]:
+        """Acting networks and agent state (normalisers...) for a worker's copy of the policy."""
+        return {
+            "modules": {k: m.state_dict() for k, m in self.policy_modules().items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_policy_state(self, state: dict[str, Any]) -> None:
+        """Load :meth:`policy_state` output (same architecture) into this agent."""
+        mods = self.policy_modules()
+        for k, sd in state["modules"].items():
+            mods[k].load_state_dict(sd)
+        self.load_extra_state(state["extra"])
 
     def extra_state(self) -> dict[str, Any]:
         """Non-network state (noise, normalisers, temperature...) as plain values."""

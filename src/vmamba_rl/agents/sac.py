@@ -4,8 +4,8 @@ Shape letters: B batch, K history length (``seq_len``), A action size, F fused f
 
 ::
 
-    replay.sample(B) -> obs {key: (B, K+1, *shape)} raw, action (B, A) in [-1, 1], reward, terminated
-      normalise the chosen vector modalities (running mean / std), window [0:K] = s, [1:K+1] = s'
+    replay.sample(B) -> obs, next_obs {key: (B, K, *shape)} raw, action (B, A) in [-1, 1], reward, ...
+      normalise the chosen vector modalities (running mean / std): s, s'
     actor:  MultimodalEncoder(s) (B, F) -> ReLU trunk -> mean (B, A), log_std (B, A) clamped to [-20, 2]
             z = mean + std * eps,  a = tanh(z),
             log pi = sum_i [log N(z_i; mean_i, std_i) - log(1 - a_i^2 + 1e-6)]
@@ -36,6 +36,7 @@ from vmamba_rl.agents.base import BaseAgent, check_finite, make_adam, obs_to_ten
 from vmamba_rl.config import Config
 from vmamba_rl.models.multimodal import MultimodalEncoder, orthogonal_init
 from vmamba_rl.normalization import ObservationNormalizer
+from vmamba_rl.replay import ReplayBatch
 
 LOG_STD_MIN = -20.0
 LOG_STD_MAX = 2.0
@@ -161,8 +162,9 @@ class HopeSACAgent(BaseAgent):
         action_space: gym.spaces.Box,
         cfg: Config,
         device: str | torch.device = "auto",
+        num_streams: int = 1,
     ) -> None:
-        super().__init__(observation_space, action_space, cfg, device)
+        super().__init__(observation_space, action_space, cfg, device, num_streams)
         K, A = self.seq_len, self.action_dim
         self.gamma = float(cfg.gamma)
         self.tau = float(cfg.tau)
@@ -232,6 +234,23 @@ class HopeSACAgent(BaseAgent):
             self.actor.train(was_training)
         return self.scaler.to_env(a[0].cpu().numpy())
 
+    def act_batch(
+        self, obs: dict[str, np.ndarray], explore: bool = True, noise: np.ndarray | None = None
+    ) -> np.ndarray:
+        """{key: (N, K, ...)} -> actions (N, A) in environment units (``noise`` unused: SAC samples)."""
+        was_training = self.actor.training
+        self.actor.eval()
+        try:
+            with torch.no_grad():
+                batch = self._prepare(obs_to_tensor(obs, self.device, batch=False))
+                a, _ = self.actor.sample(batch, deterministic=not explore)
+        finally:
+            self.actor.train(was_training)
+        return self.scaler.to_env(a.cpu().numpy())
+
+    def policy_modules(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor}
+
     def attention_weights(self, obs_seq: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
         """The actor's attention over modality tokens for one K-step observation.
 
@@ -261,35 +280,23 @@ class HopeSACAgent(BaseAgent):
     def _clip(self, params: Any) -> torch.Tensor:
         return torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
 
-    def update(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One SAC update from a replay batch (numpy or tensors).
+    def update(self, batch: ReplayBatch) -> dict[str, float]:
+        """One SAC update from a replay batch: ``obs`` / ``next_obs`` {key: (B, K, *shape)} raw,
+        ``action`` (B, A) in [-1, 1], ``reward``, ``terminated``, ``discount`` (B,).
 
-        ``batch``: ``obs`` {key: (B, K+1, *shape)} raw ([:, :K] = s, [:, 1:] = s'), or ``obs`` and
-        ``next_obs`` each (B, K, *shape); ``action`` (B, A) in [-1, 1]; ``reward``, ``terminated`` (B,).
         Order: critics -> actor -> alpha -> soft update of the targets (every ``sac_update_every``).
         """
         self.total_it += 1
         step = self.total_it
-        K = self.seq_len
         dev = self.device
-        if "next_obs" in batch:  # n-step samples: obs may still hold K+1 steps; s is its first K
-            obs = self._prepare({k: v[:, :K] for k, v in batch["obs"].items()})
-            next_obs = self._prepare(batch["next_obs"])
-        else:
-            window = self._prepare(batch["obs"])  # normalise the K+1 frames once, then take two views
-            obs = {k: v[:, :K] for k, v in window.items()}
-            next_obs = {k: v[:, 1 : K + 1] for k, v in window.items()}
-        action = torch.as_tensor(np.asarray(batch["action"]), dtype=torch.float32, device=dev)
-        reward = torch.as_tensor(np.asarray(batch["reward"]), dtype=torch.float32, device=dev).reshape(-1)
-        terminated = torch.as_tensor(
-            np.asarray(batch["terminated"]), dtype=torch.float32, device=dev
-        ).reshape(-1)
-        # gamma^m per sample for m-step returns (--n_step); gamma for one-step batches
-        discount = (
-            torch.as_tensor(np.asarray(batch["discount"]), dtype=torch.float32, device=dev).reshape(-1)
-            if "discount" in batch
-            else self.gamma
-        )
+        obs, next_obs = self._prepare(batch.obs), self._prepare(batch.next_obs)
+
+        def tensor(x: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)
+
+        action = tensor(batch.action)
+        reward, terminated = tensor(batch.reward).reshape(-1), tensor(batch.terminated).reshape(-1)
+        discount = tensor(batch.discount).reshape(-1)  # gamma^m per sample (m = 1 without --n_step)
         alpha = self.log_alpha.detach().exp()  # the temperature of this update (alpha steps last)
 
         # --- critics: y = r + gamma (1 - terminated) (min Q'(s', a') - alpha log pi(a'|s')) ----------

@@ -33,6 +33,7 @@ from vmamba_rl.models.heads import Actor, Critic
 from vmamba_rl.models.sequence import EncoderStream
 from vmamba_rl.models.vmamba import VMambaVisualEncoder
 from vmamba_rl.normalization import ObservationNormalizer
+from vmamba_rl.replay import ReplayBatch
 
 
 def drone_observation_space(base_dim: int, depth_shape: tuple[int, ...]) -> gym.spaces.Dict:
@@ -57,9 +58,14 @@ class VMambaTD3Agent(BaseAgent):
         action_space: gym.spaces.Box,
         args: Config,
         device: str | torch.device | None = None,
+        num_streams: int = 1,
     ) -> None:
         super().__init__(
-            drone_observation_space(base_dim, depth_shape), action_space, args, device or args.device
+            drone_observation_space(base_dim, depth_shape),
+            action_space,
+            args,
+            device or args.device,
+            num_streams,
         )
         torch.manual_seed(args.seed)
         self.base_dim, self.depth_shape = base_dim, tuple(depth_shape)
@@ -165,20 +171,39 @@ class VMambaTD3Agent(BaseAgent):
         return torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     @torch.no_grad()
-    def select_action(self, base_seq: np.ndarray, depth_seq: np.ndarray, noise: bool = True) -> np.ndarray:
-        """base_seq (K, Ds), depth_seq (K, C, H, W) -> action (A,) in environment units."""
-        base = torch.as_tensor(self._norm_base(base_seq), device=self.device).unsqueeze(0)
-        depth = torch.as_tensor(np.asarray(depth_seq), device=self.device).unsqueeze(0)
+    def act_batch(
+        self, obs: dict[str, np.ndarray], explore: bool = True, noise: np.ndarray | None = None
+    ) -> np.ndarray:
+        """base (N, K, Ds), depth (N, K, C, H, W) -> actions (N, A) in environment units; with
+        ``explore`` the (N, A) ``noise`` is added to the deterministic action before clipping."""
+        base = torch.as_tensor(self._norm_base(obs["base"]), device=self.device)
+        depth = torch.as_tensor(np.asarray(obs["depth"]), device=self.device)
         stream = self._streams_for_actor()
         stream.eval()
         with self._autocast():
-            a = self.actor(stream(base, depth)).float().cpu().numpy()[0]
+            a = self.actor(stream(base, depth)).float().cpu().numpy()
         stream.train()
-        if noise:
-            a = a + self.ou_noise.sample()
+        if explore and noise is not None:
+            a = a + noise
         if not np.all(np.isfinite(a)):
             check_finite(self.total_it, action=float("nan"))
         return self.scaler.to_env(np.clip(a, -1.0, 1.0))
+
+    def select_action(self, base_seq: np.ndarray, depth_seq: np.ndarray, noise: bool = True) -> np.ndarray:
+        """base_seq (K, Ds), depth_seq (K, C, H, W) -> action (A,) in environment units (the agent's own
+        OU process as noise)."""
+        obs = {"base": np.asarray(base_seq)[None], "depth": np.asarray(depth_seq)[None]}
+        n = self.ou_noise.sample()[None] if noise else None
+        return self.act_batch(obs, explore=noise, noise=n)[0]
+
+    def make_noise(self, index: int) -> OUNoise:
+        """OU noise for environment ``index``; environment 0 draws what the agent's own process draws."""
+        a = self.cfg
+        return OUNoise(self.action_dim, a.ou_theta, a.ou_sigma, a.ou_sigma_min, seed=a.seed + 7919 * index)
+
+    def policy_modules(self) -> dict[str, nn.Module]:
+        stream = "critic_stream" if self.share_encoder else "actor_stream"
+        return {"actor": self.actor, stream: self._streams_for_actor()}
 
     def _norm_base(self, base: np.ndarray) -> np.ndarray:
         """(..., Ds) raw base -> float32, normalised with ``--normalize_base``."""
@@ -211,55 +236,35 @@ class VMambaTD3Agent(BaseAgent):
         return out
 
     # --- learning -------------------------------------------------------------------------------------
-    def batch_to_tensors(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def batch_to_tensors(self, batch: ReplayBatch) -> dict[str, torch.Tensor]:
         """Replay sample (numpy) -> tensors on the device; depth stays uint8 until the encoder.
 
-        Returns ``base`` / ``next_base`` (B, K, Ds), ``action``, ``reward``, ``terminated``, ``discount``
-        (B, 1), and the depth of each side: with ``frame_ids`` in the sample, its distinct frames
-        ``depth_state`` / ``depth_next`` (U, C, H, W) plus ``index_state`` / ``index_next`` (B, K), so
-        each stream encodes a shared frame once (U rounded up to ``frame_bucket``); without, ``depth`` /
-        ``next_depth`` (B, K, C, H, W).
-        The next side is ``obs[:, 1:]``, or ``next_obs`` (n-step samples).
+        Returns ``base`` / ``next_base`` (B, K, Ds), ``action`` (B, A), ``reward``, ``terminated``,
+        ``discount`` (B, 1), and for each side its distinct frames ``depth_state`` / ``depth_next``
+        (U, C, H, W) with ``index_state`` / ``index_next`` (B, K) into them, so each stream encodes a
+        shared frame once (U rounded up to ``frame_bucket``).
         """
-        base, depth = self._norm_base(batch["obs"]["base"]), np.asarray(batch["obs"]["depth"])
-        K = depth.shape[1] - 1
-        sides = {"state": (base[:, :K], depth[:, :K], None), "next": (base[:, 1:], depth[:, 1:], None)}
-        if "frame_ids" in batch:
-            ids = np.asarray(batch["frame_ids"])
-            sides = {
-                "state": (base[:, :K], depth[:, :K], ids[:, :K]),
-                "next": (*sides["next"][:2], ids[:, 1:]),
-            }
-        if "next_obs" in batch:
-            sides["next"] = (
-                self._norm_base(batch["next_obs"]["base"]),
-                np.asarray(batch["next_obs"]["depth"]),
-                np.asarray(batch["next_frame_ids"]) if "next_frame_ids" in batch else None,
-            )
 
         def tensor(x: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
             return torch.as_tensor(np.asarray(x), device=self.device, dtype=dtype)
 
         out = {
-            "base": tensor(sides["state"][0], torch.float32),
-            "next_base": tensor(sides["next"][0], torch.float32),
-            "action": tensor(batch["action"], torch.float32),
-            "reward": tensor(batch["reward"], torch.float32).view(-1, 1),
-            "terminated": tensor(batch["terminated"], torch.float32).view(-1, 1),
-            "discount": (
-                tensor(batch["discount"], torch.float32).view(-1, 1)
-                if "discount" in batch
-                else torch.full((len(batch["reward"]), 1), self.gamma, device=self.device)
-            ),
+            "base": tensor(self._norm_base(batch.obs["base"]), torch.float32),
+            "next_base": tensor(self._norm_base(batch.next_obs["base"]), torch.float32),
+            "action": tensor(batch.action, torch.float32),
+            "reward": tensor(batch.reward, torch.float32).view(-1, 1),
+            "terminated": tensor(batch.terminated, torch.float32).view(-1, 1),
+            "discount": tensor(batch.discount, torch.float32).view(-1, 1),
         }
-        for side, (_, frames, ids) in sides.items():
-            if ids is None:
-                out["depth" if side == "state" else "next_depth"] = tensor(frames)
-                continue
-            _, first, inverse = np.unique(ids.ravel(), return_index=True, return_inverse=True)
+        for side, frames, ids in (
+            ("state", batch.obs["depth"], batch.frame_ids),
+            ("next", batch.next_obs["depth"], batch.next_frame_ids),
+        ):
+            _, first, inverse = np.unique(np.asarray(ids).ravel(), return_index=True, return_inverse=True)
             pad = -len(first) % self.frame_bucket
             if pad:  # extra copies of the first frame, never indexed
                 first = np.concatenate([first, np.full(pad, first[0])])
+            frames = np.asarray(frames)
             out[f"depth_{side}"] = tensor(frames.reshape(-1, *frames.shape[2:])[first])
             out[f"index_{side}"] = tensor(inverse.reshape(ids.shape))
         return out
@@ -313,35 +318,12 @@ class VMambaTD3Agent(BaseAgent):
         self.scaler_amp.update()
         return norm
 
-    @staticmethod
-    def _sides(b: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
-        """(base, depth, index, next_base, next_depth, next_index) from any batch layout.
-
-        ``batch_to_tensors`` output, or a plain window batch: base (B, K+1, Ds), depth (B, K+1, ...).
-        """
-        if "next_base" in b:
-            base, next_base = b["base"], b["next_base"]
-        else:
-            K = b["base"].shape[1] - 1
-            base, next_base = b["base"][:, :K], b["base"][:, 1:]
-        if "depth_state" in b:
-            depth, index = b["depth_state"], b["index_state"]
-        else:
-            depth, index = b["depth"][:, : base.shape[1]], None
-        if "depth_next" in b:
-            next_depth, next_index = b["depth_next"], b["index_next"]
-        else:
-            next_depth = b["next_depth"] if "next_depth" in b else b["depth"][:, 1:]
-            next_index = None
-        return base, depth, index, next_base, next_depth, next_index
-
     def update(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One TD3 update on a tensor batch (:meth:`batch_to_tensors` output, or windows
-        base (B, K+1, Ds), depth (B, K+1, C, H, W) with action, reward, terminated (B, 1))."""
+        """One TD3 update on a tensor batch (:meth:`batch_to_tensors` output)."""
         self.total_it += 1
-        base, depth, index, next_base, next_depth, next_index = self._sides(b)
+        base, depth, index = b["base"], b["depth_state"], b["index_state"]
         target_q = self.compute_target(
-            next_base, next_depth, b["reward"], b["terminated"], next_index, b.get("discount")
+            b["next_base"], b["depth_next"], b["reward"], b["terminated"], b["index_next"], b["discount"]
         )
         with self._autocast():
             state = self.critic_stream(base, depth, frame_index=index)
@@ -428,13 +410,19 @@ class TD3Agent(VMambaTD3Agent):
 
 
 def make_agent(
-    env: gym.Env, obs: dict[str, np.ndarray] | None, args: Config, device: str | torch.device | None = None
+    env: gym.Env,
+    obs: dict[str, np.ndarray] | None,
+    args: Config,
+    device: str | torch.device | None = None,
+    num_streams: int = 1,
 ) -> BaseAgent:
     """Build the agent named by ``args.algorithm_name`` for ``env`` (single-step or K-step obs both work).
 
     ``obs`` is accepted for the spec's signature; shapes come from the environment's single-step space.
+    ``num_streams``: environments that will write to its replay buffer.
     """
     space = single_step_space(env)
+    streams = max(int(num_streams), 1)
     if args.algorithm_name in ("vmamba_td3", "td3"):
         for key in ("base", "depth"):
             if key not in space.spaces:
@@ -443,11 +431,11 @@ def make_agent(
                     f"{env.spec.id if env.spec else env} gives {sorted(space.spaces)}"
                 )
         cls = VMambaTD3Agent if args.algorithm_name == "vmamba_td3" else TD3Agent
-        return cls(space["base"].shape[0], space["depth"].shape, env.action_space, args, device)
+        return cls(space["base"].shape[0], space["depth"].shape, env.action_space, args, device, streams)
     if args.algorithm_name == "hope_sac":
         from vmamba_rl.agents.sac import HopeSACAgent
 
-        return HopeSACAgent(space, env.action_space, args, device or args.device)
+        return HopeSACAgent(space, env.action_space, args, device or args.device, streams)
     raise ValueError(f"unknown algorithm {args.algorithm_name!r}; choose vmamba_td3, td3 or hope_sac")
 
 

@@ -25,6 +25,7 @@ Keyword overrides: any field of :class:`~vmamba_rl.envs.nav_task.NavTaskConfig` 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -75,6 +76,9 @@ class DroneWorldConfig:
     gravity: float = 9.81  # only for the quasi-static pitch / roll estimate
     render_backend: str = "numba"  # "numba" or "numpy" (see benchmarks/env.py)
     map_size: int = 256  # pixels of the top-down map in render()
+    # Wall-clock seconds every step waits, to stand in for a real simulator's rate (AirSim answers
+    # tens of times a second) in collection benchmarks; 0 = as fast as the CPU allows.
+    step_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.drone_radius <= 0:
@@ -84,6 +88,8 @@ class DroneWorldConfig:
                 f"max_substep_distance must be in (0, drone_radius={self.drone_radius}] to rule out "
                 f"tunnelling, got {self.max_substep_distance}"
             )
+        if not (0 <= self.step_latency_s < 60):
+            raise ValueError(f"step_latency_s must be in [0, 60) seconds, got {self.step_latency_s}")
         if self.velocity_time_constant < 0 or self.yaw_rate_time_constant < 0:
             raise ValueError("time constants must be >= 0")
         if self.render_backend not in ("numba", "numpy"):
@@ -462,6 +468,8 @@ class DroneNavEnv(gym.Env):
             raise RuntimeError("call reset() before step() (the episode is over or never started)")
         a = nav_task.clip_action(self.task, action)
         w = self.world
+        if w.step_latency_s > 0:
+            time.sleep(w.step_latency_s)
         s = self._state
         collided, path = _simulate(
             s,

@@ -1,4 +1,4 @@
-"""K-step observation history for sequence agents, and action repeat.
+"""K-step observation history for sequence agents, action repeat, and simulator fault recovery.
 
 :class:`SequenceHistory` turns each observation into the last ``seq_len`` (K) observations stacked along
 a new leading axis: a Dict ``{"base": (10,), "depth": (1, H, W)}`` becomes ``{"base": (K, 10),
@@ -108,6 +108,67 @@ class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
             if terminated or truncated:
                 break
         return obs, total, terminated, truncated, info
+
+
+class SimulatorRecovery(gym.Wrapper):
+    """Survive an external simulator's faults inside the environment (AirSim).
+
+    A :class:`~vmamba_rl.envs.errors.SimulatorConnectionError` from ``step`` (the simulator stopped
+    answering, dropped the connection, sent a malformed image) ends the episode as broken: the wrapper
+    reconnects (``env.unwrapped.reconnect()``, which retries with backoff) and returns the last good
+    observation with ``truncated=True`` and ``info["simulator_fault"]`` (the error text); the collector
+    then discards the episode from replay instead of storing it. ``reset`` reconnects and retries on a
+    fault. After ``max_faults`` faults in a row without a successful step or reset the error is raised.
+    """
+
+    def __init__(self, env: gym.Env, max_faults: int = 3) -> None:
+        super().__init__(env)
+        self.max_faults = int(max_faults)
+        self.faults = 0  # in a row
+        self._last_obs: Any = None
+
+    def _fault(self, err: Exception) -> None:
+        from vmamba_rl.envs.errors import SimulatorConnectionError
+
+        self.faults += 1
+        if self.faults > self.max_faults:
+            raise SimulatorConnectionError(
+                f"simulator unavailable after {self.faults - 1} reconnect attempt(s) in a row: {err}"
+            ) from err
+        try:
+            self.env.unwrapped.reconnect()
+        except SimulatorConnectionError as e:
+            self._fault(e)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        from vmamba_rl.envs.errors import SimulatorConnectionError
+
+        while True:
+            try:
+                obs, info = self.env.reset(seed=seed, options=options)
+            except SimulatorConnectionError as e:
+                self._fault(e)
+                continue
+            self._last_obs = obs
+            return obs, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        from vmamba_rl.envs.errors import SimulatorConnectionError
+
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+        except SimulatorConnectionError as e:
+            self._fault(e)
+            return self._last_obs, 0.0, False, True, {"simulator_fault": str(e)}
+        self.faults = 0
+        self._last_obs = obs
+        return obs, reward, terminated, truncated, info
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause the simulator between steps (during gradient updates)."""
+        self.env.unwrapped.set_paused(paused)
 
 
 def last_frame(obs_seq: Mapping[str, np.ndarray] | np.ndarray, time_axis: int = 0) -> Any:

@@ -1,0 +1,61 @@
+"""Building the environment an agent reads: ``gymnasium.make`` plus the project's wrappers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from vmamba_rl.config import Config
+
+
+def make_env(
+    cfg: Config,
+    render_mode: str | None = None,
+    level: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> gym.Env:
+    """``gymnasium.make(env_name, level=...)``, reduced to ``--modalities`` if given, with
+    ``--action_repeat``, wrapped in the K-step SequenceHistory the agents read.
+
+    A simulator that can reconnect (AirSim) is wrapped in :class:`SimulatorRecovery` first, so faults
+    are handled inside the environment and the training loop never sees simulator specifics.
+    ``overrides``: environment keywords over ``--env_kwargs`` (a curriculum stage).
+    """
+    import vmamba_rl.envs  # noqa: F401  (registration)
+    from vmamba_rl.envs.wrappers import ActionRepeat, SequenceHistory, SimulatorRecovery
+
+    kwargs: dict[str, Any] = {**(cfg.env_kwargs or {}), **(overrides or {})}
+    lvl = level or cfg.level
+    if lvl is not None:
+        kwargs["level"] = lvl
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    try:
+        env = gym.make(cfg.env_name, **kwargs)
+    except gym.error.Error as e:
+        known = [k for k in gym.registry if k in ("DroneNav-v0", "Parking-v0", "AirSimEnv-v42")]
+        raise ValueError(
+            f"cannot make environment {cfg.env_name!r} ({e}); vmamba-rl provides {known}, "
+            "or any registered Gymnasium id with Dict observations"
+        ) from e
+    if hasattr(env.unwrapped, "reconnect"):
+        env = SimulatorRecovery(env)
+    if cfg.modalities is not None:
+        available = list(getattr(env.observation_space, "spaces", {}))
+        missing = [k for k in cfg.modalities if k not in available]
+        if missing:
+            env.close()
+            raise ValueError(
+                f"--modalities {missing} not in {cfg.env_name}'s observations; it has {available}"
+            )
+        env = gym.wrappers.FilterObservation(env, list(cfg.modalities))
+    if cfg.action_repeat > 1:
+        env = ActionRepeat(env, cfg.action_repeat)
+    return SequenceHistory(env, cfg.seq_len)
+
+
+def last_frames(obs_seq: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """K-step observation -> the newest single-step observation (what replay stores)."""
+    return {k: v[-1] for k, v in obs_seq.items()}
