@@ -70,6 +70,7 @@ def _resolve(parser: argparse.ArgumentParser, ns: argparse.Namespace):
 def cmd_train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     from vmamba_rl.agents.base import NonFiniteError
     from vmamba_rl.checkpoint import CheckpointError
+    from vmamba_rl.collector import CollectorError
     from vmamba_rl.envs.errors import SimulatorConnectionError
     from vmamba_rl.training import RunFolderExistsError, Trainer
 
@@ -101,9 +102,12 @@ def cmd_train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
         return 2
     except NonFiniteError:
         return 1
-    except SimulatorConnectionError as err:  # an external simulator (AirSim) stayed unreachable
+    except (SimulatorConnectionError, CollectorError) as err:  # simulators or Ray workers stayed down
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except ImportError as err:  # an optional extra (Ray) is missing
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

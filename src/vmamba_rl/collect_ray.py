@@ -31,13 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from vmamba_rl.collector import Collector, CollectResult, EnvBuilder, LocalCollector
+from vmamba_rl.collector import Collector, CollectorError, CollectResult, EnvBuilder, LocalCollector
 
 MAX_WORKER_FAILURES = 3
-
-
-class CollectorError(RuntimeError):
-    """Collection cannot go on (every Ray worker is down); the last checkpoint is kept."""
 
 
 def import_ray() -> Any:

@@ -72,6 +72,10 @@ def episode_record(
     return rec
 
 
+class CollectorError(RuntimeError):
+    """Collection cannot go on (every Ray worker is down); the last checkpoint is kept."""
+
+
 @dataclass
 class CollectResult:
     """What one :meth:`Collector.collect` call produced.
@@ -171,6 +175,13 @@ class LocalCollector(Collector):
         self.env_fns, self.mode, self.seed = list(env_fns), mode, int(seed)
         self.num_envs = len(env_fns)
         self.stream_offset = int(stream_offset)
+        streams = getattr(agent.replay_buffer, "num_streams", None)
+        if streams is not None and self.stream_offset + self.num_envs > streams:
+            raise ValueError(
+                f"the agent's replay has {streams} streams; this collector writes streams "
+                f"{self.stream_offset}..{self.stream_offset + self.num_envs - 1} (build the agent with "
+                f"num_streams={self.stream_offset + self.num_envs})"
+            )
         self.envs = make_vector_env(self.env_fns, mode)
         self.rng = np.random.default_rng(seed)
         # One random-action space per environment; environment 0's draws equal the old single-env loop's.
@@ -330,13 +341,20 @@ class LocalCollector(Collector):
         buf = agent.replay_buffer
         self.obs = None
         ok = True
+        # One reset of the vector environment (open episodes from their seeds), so it holds an
+        # observation for every environment; the open ones are then stepped on their own.
+        seeds = [None if ep is None else int(ep["seed"]) for ep in episodes]
+        _, infos = self.envs.reset(seed=seeds)
         for i, ep in enumerate(episodes):
             if ep is None:
                 continue
-            env = self.envs.envs[i]
-            obs, info = env.reset(seed=int(ep["seed"]))
+            env, info = self.envs.envs[i], _split_info(infos, i)
+            obs = None
             for a in ep["actions"]:
                 obs, *_ = env.step(np.asarray(a, dtype=self.envs.single_action_space.dtype))
+            if obs is None:
+                ok = False  # an open episode always has at least one action
+                break
             newest = last_frames(obs)
             s = self.stream_offset + i
             slot = buf._slot(s, buf._t[s] - 1)

@@ -32,7 +32,7 @@ import torch
 from vmamba_rl.agents.base import BaseAgent, NonFiniteError
 from vmamba_rl.callbacks import BEST, Callback, Curriculum, Evaluation, default_callbacks
 from vmamba_rl.checkpoint import CheckpointError, atomic_torch_save, safe_torch_load
-from vmamba_rl.collector import Collector, LocalCollector, env_fns
+from vmamba_rl.collector import Collector, CollectorError, LocalCollector, env_fns
 from vmamba_rl.config import Config
 from vmamba_rl.envs.make import last_frames, make_env  # noqa: F401  (their old home; users import them here)
 from vmamba_rl.evaluation import format_table
@@ -242,10 +242,8 @@ class Trainer:
         except Exception as e:
             from vmamba_rl.envs.errors import SimulatorConnectionError
 
-            if isinstance(e, SimulatorConnectionError):
-                raise SimulatorConnectionError(
-                    f"training stopped at step {self.step}: {e}; {self.checkpoint_note()}"
-                ) from e
+            if isinstance(e, (SimulatorConnectionError, CollectorError)):
+                raise type(e)(f"training stopped at step {self.step}: {e}; {self.checkpoint_note()}") from e
             raise
         finally:
             for c in self.callbacks:
