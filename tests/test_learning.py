@@ -4,11 +4,14 @@ Reduced tasks and tiny networks, so that a few thousand updates fit CI's time; t
 trained policy are evaluated on the same seeded episodes.
 
 - vmamba_td3 and hope_sac on the navigation core of DroneNav-v0 (empty level, near goals, faster yaw,
-  almost no climb, no distance or timeout penalty): from crashing to reaching the goal.
+  almost no climb, no distance or timeout penalty): from crashing to reaching the goal; vmamba_td3 also
+  with 8 environments collecting together, for the same decisions and updates.
 - hope_sac on Parking-v0 ``easy``: from never parking to parking most of the time.
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -47,13 +50,9 @@ NAV_CORE = {
 }
 
 
-@pytest.mark.slow
-def test_vmamba_td3_learns_to_reach_goals_on_dronenav(tmp_path):
-    """VMamba-TD3 (tiny) on the navigation core of DroneNav-v0, with the small-budget recipe (README
-    "Learning"): one encoder trained by the critic and read detached by the actor, the critic's input
-    norm on the context alone, the base vector beside the context in the heads, a pre-tanh penalty
-    and a slower actor, 5-step returns, normalised base vector. Untrained it crashes into the walls."""
-    cfg = tiny_config(
+def _td3_nav_config(tmp_path, **kw):
+    """VMamba-TD3 (tiny) on the navigation core with the small-budget recipe (README "Learning")."""
+    return tiny_config(
         tmp_path,
         algorithm_name="vmamba_td3",
         feature_dim=32,
@@ -78,8 +77,23 @@ def test_vmamba_td3_learns_to_reach_goals_on_dronenav(tmp_path):
         eval_episodes=10,
         env_kwargs=NAV_CORE,
         seed=0,
+        **kw,
     )
-    before, after = _train_and_compare(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_envs", [1, 8])
+def test_vmamba_td3_learns_to_reach_goals_on_dronenav(tmp_path, num_envs):
+    """VMamba-TD3 (tiny) on the navigation core of DroneNav-v0, with the small-budget recipe: one encoder
+    trained by the critic and read detached by the actor, the critic's input norm on the context alone,
+    the base vector beside the context in the heads, a pre-tanh penalty and a slower actor, 5-step
+    returns, normalised base vector. Untrained it crashes into the walls.
+
+    With 8 environments collecting together, the same 3000 decisions and 2500 updates must reach the
+    same bar (the wall-clock of both is printed: ``pytest -s``)."""
+    t0 = time.perf_counter()
+    before, after = _train_and_compare(_td3_nav_config(tmp_path, num_envs=num_envs))
+    print(f"num_envs {num_envs}: {time.perf_counter() - t0:.0f} s to success {after['success_rate']:.2f}")
     assert before["success_rate"] <= 0.2
     assert after["success_rate"] >= before["success_rate"] + 0.3
     assert _crash(after) <= 0.2

@@ -69,27 +69,32 @@ class Simulation:
         """ending: 'term', 'trunc' or 'open' (abandoned without a flag; the next reset starts anew)."""
         ep = self.next_ep
         self.next_ep += 1
-        history = deque([(ep, 0)] * self.K, maxlen=self.K)  # acting: K copies of the reset frame
-        self.frame_abs[(ep, 0)] = self.frames_written
-        self.frames_written += 1
         for i in range(length):
-            last = i == length - 1
-            terminated = last and ending == "term"
-            truncated = last and ending == "trunc"
-            state = list(history)
-            history.append((ep, i + 1))
-            self.records[(ep, i)] = {
-                "window": state + [(ep, i + 1)],
-                "next_state": list(history),
-                "terminated": float(terminated),
-                "truncated": float(truncated),
-            }
-            self.buf.add(
-                frame(ep, i), action_of(ep, i), reward_of(ep, i), frame(ep, i + 1), terminated, truncated,
-                stream=self.stream, first=i == 0,
-            )  # fmt: skip
-            self.frame_abs[(ep, i + 1)] = self.frames_written
+            self.transition(ep, i, length, ending)
+
+    def transition(self, ep: int, i: int, length: int, ending: str) -> None:
+        """Add step i of episode ep (of ``length`` steps), recording what acting's K-history held."""
+        if i == 0:
+            self.history = deque([(ep, 0)] * self.K, maxlen=self.K)  # acting: K copies of the reset frame
+            self.frame_abs[(ep, 0)] = self.frames_written
             self.frames_written += 1
+        last = i == length - 1
+        terminated = last and ending == "term"
+        truncated = last and ending == "trunc"
+        state = list(self.history)
+        self.history.append((ep, i + 1))
+        self.records[(ep, i)] = {
+            "window": state + [(ep, i + 1)],
+            "next_state": list(self.history),
+            "terminated": float(terminated),
+            "truncated": float(truncated),
+        }
+        self.buf.add(
+            frame(ep, i), action_of(ep, i), reward_of(ep, i), frame(ep, i + 1), terminated, truncated,
+            stream=self.stream, first=i == 0,
+        )  # fmt: skip
+        self.frame_abs[(ep, i + 1)] = self.frames_written
+        self.frames_written += 1
 
     def expected_valid(self) -> set[tuple[int, int]]:
         """Transitions whose acting-time window frames are all still in the ring (rejection policy)."""
@@ -477,31 +482,11 @@ class _Stream:
         if not self.plan:
             return False
         length, ending = self.plan[0]
-        sim, ep, i = self.sim, self.ep, self.i
-        if i == 0:
-            sim.history = deque([(ep, 0)] * sim.K, maxlen=sim.K)
-            sim.frame_abs[(ep, 0)] = sim.frames_written
-            sim.frames_written += 1
-        last = i == length - 1
-        terminated, truncated = last and ending == "term", last and ending == "trunc"
-        state = list(sim.history)
-        sim.history.append((ep, i + 1))
-        sim.records[(ep, i)] = {
-            "window": state + [(ep, i + 1)],
-            "next_state": list(sim.history),
-            "terminated": float(terminated),
-            "truncated": float(truncated),
-        }
-        sim.buf.add(
-            frame(ep, i), action_of(ep, i), reward_of(ep, i), frame(ep, i + 1), terminated, truncated,
-            stream=sim.stream, first=i == 0,
-        )  # fmt: skip
-        sim.frame_abs[(ep, i + 1)] = sim.frames_written
-        sim.frames_written += 1
+        self.sim.transition(self.ep, self.i, length, ending)
         self.i += 1
-        if last:
+        if self.i == length:
             self.plan.pop(0)
-            self.ep, self.i = ep + 1, 0
+            self.ep, self.i = self.ep + 1, 0
         return True
 
 

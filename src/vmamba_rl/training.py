@@ -145,8 +145,13 @@ class Trainer:
     def _read_checkpoint(self) -> dict[str, Any]:
         path = self.run_dir / CHECKPOINT
         state = safe_torch_load(path, map_location=self.agent.device)
-        if "loop" not in state or "collector" not in state["loop"]:
+        if "loop" not in state:
             raise CheckpointError(f"{str(path)!r} has no training-loop state; it cannot be resumed")
+        if "collector" not in state["loop"]:
+            raise CheckpointError(
+                f"{str(path)!r} was written by a vmamba-rl from before the collector (no collector state): "
+                "`vmamba-rl eval` reads it, but it cannot be resumed"
+            )
         return state
 
     def _load_callbacks(self, loop: dict[str, Any]) -> None:
