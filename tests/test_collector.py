@@ -94,6 +94,28 @@ def test_batched_forward_equals_one_forward_per_environment(algo):
         np.testing.assert_allclose(together[i], agent.act(o, explore=False), rtol=1e-5, atol=1e-6)
 
 
+def test_acting_runs_in_eval_mode_and_leaves_every_module_as_it_was():
+    """With drop-path on, acting is still deterministic (eval mode inside), and training mode (and one
+    module deliberately in eval mode) is restored afterwards."""
+    cfg = tiny_config(scan_backend="chunked", vmamba_drop_path_rate=0.5)
+    env = make_env(cfg)
+    agent = make_agent(env, None, cfg)
+    stream = agent._streams_for_actor()
+    odd = next(m for m in stream.modules() if m is not stream)
+    odd.eval()
+    before = {id(m): m.training for m in stream.modules()}
+    obs, _ = env.reset(seed=0)
+    batch = {k: v[None] for k, v in obs.items()}
+    first = agent.act_batch(batch, explore=False)
+    assert all(np.array_equal(first, agent.act_batch(batch, explore=False)) for _ in range(3))
+    assert {id(m): m.training for m in stream.modules()} == before and not odd.training
+    with torch.no_grad():  # the same as nn.Module.eval() gives
+        stream.eval()
+        ref = agent.actor(stream(torch.as_tensor(batch["base"]), torch.as_tensor(batch["depth"]))).numpy()
+        stream.train()
+    np.testing.assert_allclose(first, agent.scaler.to_env(np.clip(ref, -1, 1)), rtol=1e-6)
+
+
 def test_episode_record_is_the_one_evaluation_uses():
     info = {"is_success": True, "is_collision": False, "path_length": 12.0, "level": "easy"}
     rec = episode_record(3.5, 40, info, {"distance_to_goal": 10.0})
@@ -173,6 +195,49 @@ def test_environments_write_to_their_own_streams_and_noise_differs_between_them(
     assert np.all(stream_of == stream_of[:, :1])
     noises = np.stack([n.sample() for n in col.noises])
     assert len({tuple(np.round(x, 6)) for x in noises}) == 4  # independent processes
+    col.close()
+
+
+class _NaNAt:
+    """Builds a DroneNav whose base vector turns NaN at one step of its second episode."""
+
+    def __init__(self, cfg, step: int) -> None:
+        self.cfg, self.step = cfg, step
+
+    def __call__(self):
+        import gymnasium as gym
+
+        cfg, at = self.cfg, self.step
+
+        class Broken(gym.Wrapper):
+            episodes, t = 0, 0
+
+            def reset(self, **kw):
+                self.episodes += 1
+                self.t = 0
+                return self.env.reset(**kw)
+
+            def step(self, a):
+                obs, r, te, tr, info = self.env.step(a)
+                self.t += 1
+                if self.episodes == 2 and self.t == at:
+                    obs = {**obs, "base": np.full_like(obs["base"], np.nan)}
+                return obs, r, te, tr, info
+
+        return Broken(make_env(cfg))
+
+
+def test_a_nan_observation_discards_its_episode_and_collection_goes_on():
+    cfg = tiny_config(env_kwargs={"max_steps": 10}, scan_backend="chunked", num_envs=2)
+    agent = make_agent(make_env(cfg), None, cfg, num_streams=2)
+    col = LocalCollector([_NaNAt(cfg, 4), env_fns(cfg, 1)[0]], agent, cfg.seed)
+    results = [col.collect(agent, random_actions=True) for _ in range(40)]
+    faults = [f for r in results for f in r.faults]
+    assert len(faults) == 1 and "environment 0" in faults[0] and "NaN or inf" in faults[0]
+    assert sum(r.lost for r in results) == 4  # the 3 stored steps of the broken episode, the NaN one
+    buf = agent.replay_buffer
+    assert np.all(np.isfinite(buf._frames["base"]))
+    assert buf._num_transitions[0] == 40 - 4  # stream 0 lost its 3 stored steps and the NaN one
     col.close()
 
 
@@ -257,6 +322,20 @@ def test_a_collector_needs_a_stream_per_environment():
     agent = make_agent(make_env(cfg), None, cfg, num_streams=2)
     with pytest.raises(ValueError, match="replay has 2 streams; this collector writes streams 0..2"):
         LocalCollector(env_fns(cfg, 3), agent, cfg.seed)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_hope_sac_collects_from_several_parking_environments(tmp_path, mode):
+    cfg = tiny_config(
+        tmp_path, algorithm_name="hope_sac", env_name="Parking-v0", level="normal", num_envs=3,
+        vector_mode=mode, max_timesteps=90, learning_starts=30, updates_per_step=0.2, run_name=mode,
+        **dict(TINY_SAC, seq_len=2, buffer_size=3000),
+    )  # fmt: skip
+    tr = Trainer(cfg, quiet=True)
+    tr.run()
+    buf = tr.agent.replay_buffer
+    assert tr.step == 90 and buf._num_transitions.tolist() == [30, 30, 30] and tr.agent.total_it == 12
+    assert len(buf) == 90
 
 
 def test_bad_collection_options_are_clear_errors():

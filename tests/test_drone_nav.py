@@ -357,3 +357,9 @@ def test_shared_task_rules() -> None:
     assert base[8] == pytest.approx(-math.pi / 2) and abs(base[9]) <= math.pi
     with pytest.raises(RuntimeError, match="reset"):
         DroneNavEnv().step(FULL)
+
+
+def test_step_latency_is_validated():
+    """``step_latency_s`` stands in for a real simulator's rate in collection benchmarks."""
+    with pytest.raises(ValueError, match="step_latency_s must be in \\[0, 60\\) seconds, got -1"):
+        gym.make("DroneNav-v0", step_latency_s=-1)

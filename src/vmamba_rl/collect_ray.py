@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from vmamba_rl.collector import Collector, CollectorError, CollectResult, EnvBuilder, LocalCollector
+from vmamba_rl.replay import NonFiniteTransitionError
 
 MAX_WORKER_FAILURES = 3
 
@@ -174,6 +175,7 @@ class RayCollector(Collector):
         self.failures = [0] * self.W
         self.down: set[int] = set()
         self.pending: dict[Any, tuple[int, float]] = {}  # task ref -> (worker, start time)
+        self.broken: set[int] = set()  # streams whose episode broke in replay; skipped until the next one
         self.progress = 0.0
         self.random_actions = True
         self.synced_at = -1
@@ -236,7 +238,18 @@ class RayCollector(Collector):
         for item in items:
             if item[0] == "t":
                 _, stream, o, a, r, o2, te, tr, first = item
-                agent.store_transition(o, a, r, o2, te, tr, stream=stream, first=first)
+                if stream in self.broken and not first:  # the rest of an episode that broke
+                    result.lost += 1
+                    continue
+                self.broken.discard(stream)
+                try:
+                    agent.store_transition(o, a, r, o2, te, tr, stream=stream, first=first)
+                except NonFiniteTransitionError as e:
+                    lost = buf.discard_episode(stream)
+                    result.lost += lost + 1
+                    result.faults.append(f"environment {stream}: {e} ({lost + 1} transitions lost)")
+                    self.broken.add(stream)
+                    continue
                 result.decisions += 1
             elif item[0] == "discard":
                 result.lost += buf.discard_episode(item[1])

@@ -37,6 +37,7 @@ import gymnasium as gym
 import numpy as np
 
 from vmamba_rl.envs.make import last_frames
+from vmamba_rl.replay import NonFiniteTransitionError
 
 EPISODE_INFO_FLAGS = {
     "success": "is_success",
@@ -243,16 +244,21 @@ class LocalCollector(Collector):
             info = _split_info(infos, i)
             o, o2 = last_frames(_take(self.obs, i)), last_frames(_take(next_obs, i))
             done = bool(terminated[i] or truncated[i])
-            if "simulator_fault" in info:  # the episode broke: none of it may be sampled
-                lost = agent.replay_buffer.discard_episode(self.stream_offset + i)
+            fault, refused = info.get("simulator_fault"), 0
+            if fault is None:
+                try:
+                    agent.store_transition(
+                        o, actions[i], float(rewards[i]), o2, bool(terminated[i]), bool(truncated[i]),
+                        stream=self.stream_offset + i, first=not self.ep_actions[i],
+                    )  # fmt: skip
+                except NonFiniteTransitionError as e:
+                    fault, refused = str(e), 1
+            if fault is not None:  # the episode broke: none of it may be sampled
+                lost = agent.replay_buffer.discard_episode(self.stream_offset + i) + refused
                 result.lost += lost
-                result.faults.append(f"environment {i}: {info['simulator_fault']} ({lost} transitions lost)")
+                result.faults.append(f"environment {i}: {fault} ({lost} transitions lost)")
                 self.needs_reset[i] = True
                 continue
-            agent.store_transition(
-                o, actions[i], float(rewards[i]), o2, bool(terminated[i]), bool(truncated[i]),
-                stream=self.stream_offset + i, first=not self.ep_actions[i],
-            )  # fmt: skip
             self.ep_actions[i].append(actions[i].copy())
             self.ep_return[i] += float(rewards[i])
             result.decisions += 1
@@ -278,15 +284,10 @@ class LocalCollector(Collector):
                 n.scale_sigma(progress)
 
     def set_paused(self, paused: bool) -> None:
-        if self._pausable is False:
-            return
-        try:
+        if self._pausable is None:  # asked without calling set_paused: a failed call breaks async workers
+            self._pausable = all(self.envs.call("has_wrapper_attr", "set_paused"))
+        if self._pausable:  # embedded environments run only when stepped: nothing to pause
             self.envs.call("set_paused", paused)
-            self._pausable = True
-        except Exception:  # noqa: BLE001 - AttributeError here, its re-raise from an async worker there
-            if self._pausable:
-                raise
-            self._pausable = False  # embedded environments run only when stepped
 
     def set_env_overrides(self, overrides: dict[str, Any] | None, agent: Any) -> None:
         """Rebuild the environments (``env_fns`` called with ``overrides``); every open episode is closed

@@ -89,6 +89,10 @@ def _rng_state_from_array(words: np.ndarray) -> dict:
     }
 
 
+class NonFiniteTransitionError(ValueError):
+    """A transition holds a NaN or inf (observation, action or reward); it was not stored."""
+
+
 @dataclass
 class ReplayBatch:
     """A sampled batch, one layout whatever the sampling options (numpy arrays, B rows, K = seq_len).
@@ -267,7 +271,9 @@ class SequenceReplayBuffer:
         if act.size != self.action_dim:
             raise ValueError(f"action must have {self.action_dim} elements, got shape {act.shape}")
         if not (np.all(np.isfinite(act)) and np.isfinite(reward)):
-            raise ValueError(f"action {act.tolist()} / reward {reward} must be finite; nothing was stored")
+            raise NonFiniteTransitionError(
+                f"action {act.tolist()} / reward {reward} must be finite; nothing was stored"
+            )
 
         if first or not self._open[s] or self._t[s] == 0:
             self._current_episode_start[s] = self._t[s]
@@ -334,7 +340,7 @@ class SequenceReplayBuffer:
             if not np.can_cast(value.dtype, self._dtypes[key], casting="same_kind"):
                 raise ValueError(f"{name}[{key!r}] has dtype {value.dtype}, expected {self._dtypes[key]}")
             if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-                raise ValueError(f"{name}[{key!r}] holds NaN or inf; nothing was stored")
+                raise NonFiniteTransitionError(f"{name}[{key!r}] holds NaN or inf; nothing was stored")
             out[key] = value.astype(self._dtypes[key], copy=False)
         return out
 

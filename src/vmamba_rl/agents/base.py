@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gymnasium as gym
@@ -79,6 +81,27 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
         torch._foreach_lerp_(tp, sp, tau)
         for tb, sb in zip(target.buffers(), source.buffers(), strict=True):
             tb.copy_(sb)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` and every submodule in eval mode inside the block, each back to its own mode after.
+
+    Sets each module's ``training`` flag directly, which is what ``nn.Module.eval()`` / ``train()`` set;
+    their recursive walk through ``__setattr__`` is what makes them slow (about 1 ms for an encoder
+    stream per call, a sixth of an acting step at batch 1)."""
+    mods = module.__dict__.get("_eval_mode_modules")
+    if mods is None:  # the module tree is fixed after construction: list it once
+        mods = list(module.modules())
+        module.__dict__["_eval_mode_modules"] = mods
+    flags = [m.training for m in mods]
+    for m in mods:
+        m.__dict__["training"] = False
+    try:
+        yield
+    finally:
+        for m, f in zip(mods, flags, strict=True):
+            m.__dict__["training"] = f
 
 
 def check_finite(step: int, **values: float) -> None:

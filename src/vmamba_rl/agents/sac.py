@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmamba_rl.agents.base import BaseAgent, check_finite, make_adam, obs_to_tensor, soft_update
+from vmamba_rl.agents.base import BaseAgent, check_finite, eval_mode, make_adam, obs_to_tensor, soft_update
 from vmamba_rl.config import Config
 from vmamba_rl.models.multimodal import MultimodalEncoder, orthogonal_init
 from vmamba_rl.normalization import ObservationNormalizer
@@ -225,27 +225,17 @@ class HopeSACAgent(BaseAgent):
 
         ``explore``: a squashed-Gaussian sample; otherwise the deterministic ``tanh(mean)``.
         """
-        was_training = self.actor.training
-        self.actor.eval()
-        try:
-            with torch.no_grad():
-                a, _ = self.actor.sample(self._obs_seq_to_batch(obs_seq), deterministic=not explore)
-        finally:
-            self.actor.train(was_training)
+        with torch.no_grad(), eval_mode(self.actor):
+            a, _ = self.actor.sample(self._obs_seq_to_batch(obs_seq), deterministic=not explore)
         return self.scaler.to_env(a[0].cpu().numpy())
 
     def act_batch(
         self, obs: dict[str, np.ndarray], explore: bool = True, noise: np.ndarray | None = None
     ) -> np.ndarray:
         """{key: (N, K, ...)} -> actions (N, A) in environment units (``noise`` unused: SAC samples)."""
-        was_training = self.actor.training
-        self.actor.eval()
-        try:
-            with torch.no_grad():
-                batch = self._prepare(obs_to_tensor(obs, self.device, batch=False))
-                a, _ = self.actor.sample(batch, deterministic=not explore)
-        finally:
-            self.actor.train(was_training)
+        with torch.no_grad(), eval_mode(self.actor):
+            batch = self._prepare(obs_to_tensor(obs, self.device, batch=False))
+            a, _ = self.actor.sample(batch, deterministic=not explore)
         return self.scaler.to_env(a.cpu().numpy())
 
     def policy_modules(self) -> dict[str, nn.Module]:

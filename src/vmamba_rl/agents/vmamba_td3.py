@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmamba_rl.agents.base import BaseAgent, check_finite, make_adam, obs_to_tensor, soft_update
+from vmamba_rl.agents.base import BaseAgent, check_finite, eval_mode, make_adam, obs_to_tensor, soft_update
 from vmamba_rl.config import Config
 from vmamba_rl.exploration import OUNoise
 from vmamba_rl.models.cnn import CNNVisualEncoder
@@ -179,10 +179,8 @@ class VMambaTD3Agent(BaseAgent):
         base = torch.as_tensor(self._norm_base(obs["base"]), device=self.device)
         depth = torch.as_tensor(np.asarray(obs["depth"]), device=self.device)
         stream = self._streams_for_actor()
-        stream.eval()
-        with self._autocast():
+        with eval_mode(stream), self._autocast():
             a = self.actor(stream(base, depth)).float().cpu().numpy()
-        stream.train()
         if explore and noise is not None:
             a = a + noise
         if not np.all(np.isfinite(a)):
