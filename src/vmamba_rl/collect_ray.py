@@ -8,8 +8,9 @@ replay under the worker's streams (environment j of worker w is stream ``w * N +
 ``--sync_interval`` gradient updates the learner puts the policy weights into the object store once
 and sends that one reference to every worker.
 
-Faults: a worker whose process dies (killed, out of memory), whose environment raises, or whose chunk
-takes longer than ``--worker_timeout_s`` (a simulator that stopped answering) is restarted by Ray; the
+Faults: a worker whose process dies (killed, out of memory), whose environment raises, whose chunk
+takes longer than ``--worker_timeout_s`` after it started (a simulator that stopped answering), or that
+takes longer than ``--worker_startup_s`` to start, is restarted by Ray; the
 unfinished episodes of its streams are discarded from replay and counted as lost transitions, so no
 broken window enters replay, and the other workers go on. A worker that fails ``MAX_WORKER_FAILURES``
 times in a row is given up; when no worker is left the collector raises :class:`CollectorError`
@@ -113,6 +114,7 @@ class CollectionWorker:
         self.builder = EnvBuilder(cfg.to_json())
         probe = self._builder(overrides)()
         self.agent = make_agent(probe, None, cfg, device="cpu", num_streams=self.n)
+        probe.reset(seed=0)  # warm-up (JIT compilation) belongs to the start, not to the first chunk's time
         probe.close()
         self.recorder = _ChunkRecorder(self.agent)
         self.collector = LocalCollector(
@@ -125,6 +127,10 @@ class CollectionWorker:
 
     def _builder(self, overrides: dict[str, Any] | None) -> EnvBuilder:
         return self.builder.with_overrides({**self.env_base, **(overrides or {})})
+
+    def ready(self) -> bool:
+        """Answers once the worker has started (its first task after ``__init__``)."""
+        return True
 
     def set_weights(self, state: dict[str, Any]) -> None:
         self.agent.load_policy_state(state)
@@ -171,6 +177,7 @@ class RayCollector(Collector):
         self.cfg_json = cfg.to_json()
         self.overrides = overrides
         self.actor_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(CollectionWorker)
+        self.started: dict[int, tuple[Any, float]] = {}  # worker -> (its ready() ref, start time)
         self.workers = [self._spawn(w) for w in range(self.W)]
         self.failures = [0] * self.W
         self.down: set[int] = set()
@@ -182,7 +189,13 @@ class RayCollector(Collector):
         self.sync_policy(agent, force=True)
 
     def _spawn(self, w: int) -> Any:
-        return self.actor_cls.remote(self.cfg_json, w, self.overrides)
+        worker = self.actor_cls.remote(self.cfg_json, w, self.overrides)
+        self._starting(w, worker)
+        return worker
+
+    def _starting(self, w: int, worker: Any) -> None:
+        """Worker w was (re)started: its chunks are timed from when it says it is ready."""
+        self.started[w] = (worker.ready.remote(), time.monotonic())
 
     def _launch(self, w: int) -> None:
         ref = self.workers[w].collect.remote(self.cfg.ray_chunk, self.random_actions, self.progress)
@@ -217,11 +230,13 @@ class RayCollector(Collector):
                     f"every Ray worker is down ({names}), each failed {MAX_WORKER_FAILURES} times in a row"
                 )
             ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
+            self._check_timeouts(agent, result)  # on every call: busy workers must not hide a hung one
             if not ready:
-                self._check_timeouts(agent, result)
                 continue
             ready, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
             for ref in ready:
+                if ref not in self.pending:  # timed out just now
+                    continue
                 w, _ = self.pending.pop(ref)
                 try:
                     items, res = ray.get(ref)
@@ -229,6 +244,7 @@ class RayCollector(Collector):
                     self._failed(w, agent, result, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
                     continue
                 self.failures[w] = 0
+                self.started.pop(w, None)
                 self._store(items, res, agent, result)
                 self._launch(w)
         return result
@@ -272,15 +288,28 @@ class RayCollector(Collector):
             self.ray.kill(self.workers[w], no_restart=False)
         except Exception:  # noqa: BLE001 - already dead: Ray restarts it by itself
             pass
+        self._starting(w, self.workers[w])
         self.workers[w].set_weights.remote(self._weights)
         self._launch(w)
 
     def _check_timeouts(self, agent: Any, result: CollectResult) -> None:
+        """Fail the workers that take too long: to start (``worker_startup_s``), or for a chunk after
+        they started (``worker_timeout_s``)."""
         now = time.monotonic()
         for ref, (w, t0) in list(self.pending.items()):
-            if now - t0 > self.cfg.worker_timeout_s:
+            if w in self.started:
+                ready_ref, t_start = self.started[w]
+                done, _ = self.ray.wait([ready_ref], timeout=0)
+                if done:  # started: the chunk's clock runs from now
+                    del self.started[w]
+                    self.pending[ref] = (w, now)
+                    continue
+                limit, t0, what = self.cfg.worker_startup_s, t_start, "did not start"
+            else:
+                limit, what = self.cfg.worker_timeout_s, "sent no chunk"
+            if now - t0 > limit:
                 self.pending.pop(ref)  # _failed kills the worker: Ray restarts it
-                self._failed(w, agent, result, f"no chunk for {self.cfg.worker_timeout_s:.0f} s")
+                self._failed(w, agent, result, f"{what} within {limit:.0f} s")
 
     def set_env_overrides(self, overrides: dict[str, Any] | None, agent: Any) -> None:
         self.overrides = overrides

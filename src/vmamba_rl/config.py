@@ -133,6 +133,7 @@ class TrainConfig:
     ray_address: str | None = None  # None = start a local Ray; "auto" or host:port = join a cluster
     ray_chunk: int = 32  # decisions per environment in one chunk a worker sends
     worker_timeout_s: float = 120.0  # a chunk slower than this counts as a dead worker
+    worker_startup_s: float = 600.0  # ... and a worker that takes longer than this to start
     worker_env_kwargs: list[dict[str, Any]] | None = None  # per-worker environment keywords (AirSim)
 
 
@@ -343,6 +344,8 @@ _HELP: dict[str, str] = {
     "ray_address": "Ray cluster to join (auto or host:port); default: start a local Ray",
     "ray_chunk": "decisions per environment in each chunk a Ray worker sends",
     "worker_timeout_s": "a Ray worker whose chunk takes longer is treated as dead and restarted",
+    "worker_startup_s": "a Ray worker that takes longer to start (import, connect to its simulator) is "
+    "treated as dead and restarted",
     "worker_env_kwargs": "per-worker environment keywords over --env_kwargs, one JSON object per worker, "
     'e.g. \'{"ip": "10.0.0.2"}\' \'{"ip": "10.0.0.3"}\' (a simulator each)',
 }
@@ -577,6 +580,7 @@ def validate(cfg: Config) -> None:
     _check(tr.sync_interval >= 1, f"--sync_interval must be >= 1, got {tr.sync_interval}")
     _check(tr.ray_chunk >= 1, f"--ray_chunk must be >= 1, got {tr.ray_chunk}")
     _check(tr.worker_timeout_s > 0, f"--worker_timeout_s must be > 0, got {tr.worker_timeout_s}")
+    _check(tr.worker_startup_s > 0, f"--worker_startup_s must be > 0, got {tr.worker_startup_s}")
     _check(
         tr.ray_workers == 0 or tr.num_envs == 1,
         f"--num_envs {tr.num_envs} is for local collection; with --ray_workers use --envs_per_worker",
