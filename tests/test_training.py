@@ -13,7 +13,7 @@ from conftest import tiny_config
 from vmamba_rl.agents.base import NonFiniteError
 from vmamba_rl.checkpoint import safe_torch_load
 from vmamba_rl.cli import main
-from vmamba_rl.training import BEST, CHECKPOINT, REPLAY, Trainer
+from vmamba_rl.training import BEST, CHECKPOINT, Trainer
 
 
 def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -110,7 +110,7 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys):
     assert all(float(u["critic_loss"]) >= 0 for u in updates)
     state = safe_torch_load(run / CHECKPOINT)
     assert state["loop"]["step"] == 90 and state["algorithm"] == "vmamba_td3"
-    assert (run / REPLAY).is_file()
+    assert (run / state["loop"]["replay"]["file"]).is_file() and len(list(run.glob("replay-*.npz"))) == 1
 
     assert main(["eval", "--checkpoint", str(run), "--episodes", "2", "--out", str(tmp_path / "ev")]) == 0
     res = json.loads((tmp_path / "ev" / "eval.json").read_text())

@@ -77,9 +77,15 @@ class Callback:
 
 
 class CsvLog:
-    """Append-only CSV with a fixed header written once (survives resume)."""
+    """Append-only CSV with a fixed header written once (survives resume).
 
-    def __init__(self, path: Path, fields: list[str]) -> None:
+    ``truncate_to``: bytes to keep of an existing file (what a resumed run's checkpoint recorded), so
+    rows written after that checkpoint are not written twice."""
+
+    def __init__(self, path: Path, fields: list[str], truncate_to: int | None = None) -> None:
+        if truncate_to is not None and path.exists() and path.stat().st_size > truncate_to:
+            with open(path, "r+b") as f:
+                f.truncate(truncate_to)
         new = not path.exists() or path.stat().st_size == 0
         if not new:  # a resumed run keeps its file's columns (an older version may have had fewer)
             with open(path, newline="") as f:
@@ -94,6 +100,10 @@ class CsvLog:
         self.w.writerow(row)
         self.f.flush()
 
+    def size(self) -> int:
+        """Bytes written so far (every row is flushed)."""
+        return self.f.tell()
+
     def close(self) -> None:
         self.f.close()
 
@@ -106,11 +116,12 @@ class Logger(Callback):
     def __init__(self, log_interval: int = 100) -> None:
         self.log_interval = int(log_interval)
         self.lost = 0
+        self.sizes: dict[str, int] = {}  # CSV lengths at the checkpoint a run resumed from
 
     def on_start(self, trainer: Trainer) -> None:
         d = trainer.run_dir
-        self.episodes_csv = CsvLog(d / "episodes.csv", EPISODE_FIELDS)
-        self.updates_csv = CsvLog(d / "updates.csv", UPDATE_FIELDS)
+        self.episodes_csv = CsvLog(d / "episodes.csv", EPISODE_FIELDS, self.sizes.get("episodes.csv"))
+        self.updates_csv = CsvLog(d / "updates.csv", UPDATE_FIELDS, self.sizes.get("updates.csv"))
         self.t0, self.step0, self.updates = time.time(), trainer.step, 0
 
     def on_episode_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
@@ -153,10 +164,15 @@ class Logger(Callback):
                 log.close()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lost": self.lost}
+        logs = {
+            "episodes.csv": getattr(self, "episodes_csv", None),
+            "updates.csv": getattr(self, "updates_csv", None),
+        }
+        return {"lost": self.lost, "sizes": {k: log.size() for k, log in logs.items() if log is not None}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lost = int(state.get("lost", 0))
+        self.sizes = {k: int(v) for k, v in state.get("sizes", {}).items()}
 
 
 class Curriculum(Callback):
@@ -226,9 +242,10 @@ class Evaluation(Callback):
         self.best: tuple[float, float, int] | None = None
         self.last: dict[str, Any] | None = None
         self.last_step = -1
+        self.csv_size: int | None = None  # eval.csv's length at the checkpoint a run resumed from
 
     def on_start(self, trainer: Trainer) -> None:
-        self.eval_csv = CsvLog(trainer.run_dir / "eval.csv", EVAL_FIELDS)
+        self.eval_csv = CsvLog(trainer.run_dir / "eval.csv", EVAL_FIELDS, self.csv_size)
         step = trainer.step
         self.next = (step // self.interval + 1) * self.interval if self.interval else math.inf
 
@@ -238,8 +255,11 @@ class Evaluation(Callback):
                 self.next += self.interval
             self.evaluate(trainer)
 
-    def evaluate(self, trainer: Trainer) -> dict[str, Any]:
+    def evaluate(self, trainer: Trainer, log: bool = True) -> dict[str, Any]:
+        """Run the evaluation episodes; with ``log``, write the row, TensorBoard and ``best.pt``."""
         summary = evaluate(trainer.agent, trainer.eval_env, self.episodes, seed=EVAL_SEED + self.seed)
+        if not log:
+            return summary
         row = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
         row.update(step=trainer.step, time=time.time())
         self.eval_csv.write(row)
@@ -267,11 +287,15 @@ class Evaluation(Callback):
             self.eval_csv.close()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": None if self.best is None else list(self.best)}
+        size = self.eval_csv.size() if getattr(self, "eval_csv", None) is not None else None
+        best = None if self.best is None else list(self.best)
+        return {"best": best, "csv_size": size, "last_step": self.last_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         b = state.get("best")
         self.best = None if b is None else (float(b[0]), float(b[1]), int(b[2]))
+        self.csv_size = state.get("csv_size")
+        self.last_step = int(state.get("last_step", -1))
 
 
 class Checkpoints(Callback):

@@ -7,7 +7,9 @@ renamed, so a kill at any moment leaves either the old file or the new one, neve
 
 from __future__ import annotations
 
+import hashlib
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,33 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (the replay file's fingerprint in its checkpoint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+FAULT_ENV = "VMAMBA_RL_FAULT_AT"
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Test hook: ``$VMAMBA_RL_FAULT_AT=name:n`` kills this process with SIGKILL the n-th time the save
+    reaches ``name`` (``replay_written``, ``committed``), so kill tests can hit the inside of a save."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    where, _, n = spec.partition(":")
+    if where != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(n or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

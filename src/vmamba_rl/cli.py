@@ -67,35 +67,78 @@ def _resolve(parser: argparse.ArgumentParser, ns: argparse.Namespace):
         parser.error(str(err))
 
 
+# What a resumed run may change: its budget and its logging, nothing that changes the networks or data.
+RESUME_FLAGS = (
+    "max_timesteps",
+    "eval_interval",
+    "eval_episodes",
+    "save_interval",
+    "progress",
+    "log_interval",
+)
+
+
+def _resume_config(parser: argparse.ArgumentParser, ns: argparse.Namespace, run_dir: Path):
+    """The run's configuration (config.json, or the checkpoint's when that file is unreadable) with the
+    flags a resume may change; the others given on the command line are named and ignored."""
+    from vmamba_rl.checkpoint import CheckpointError, safe_torch_load
+    from vmamba_rl.config import FLAG_SECTION, Config, validate
+
+    cfg_path = run_dir / "config.json"
+    try:
+        cfg = Config.from_dict(json.loads(cfg_path.read_text()))
+    except FileNotFoundError:
+        parser.error(f"--resume {ns.resume}: no config.json there; pass a run folder made by vmamba-rl train")
+    except (ValueError, OSError) as err:  # JSONDecodeError and ConfigError are ValueErrors
+        try:
+            cfg = Config.from_dict(safe_torch_load(run_dir / "checkpoint.pt")["config"])
+        except (CheckpointError, KeyError, ValueError) as err2:
+            parser.error(
+                f"--resume {ns.resume}: config.json is unreadable ({err}) and so is the checkpoint ({err2})"
+            )
+        print(
+            f"warning: {cfg_path} is unreadable ({err}); using the checkpoint's configuration",
+            file=sys.stderr,
+        )
+    ignored = [f"--{k}" for k in FLAG_SECTION if getattr(ns, k, None) is not None and k not in RESUME_FLAGS]
+    if ns.preset is not None:
+        ignored.insert(0, "--preset")
+    if ignored:
+        print(
+            f"warning: --resume keeps the run's configuration; ignoring {', '.join(ignored)}", file=sys.stderr
+        )
+    for flag in RESUME_FLAGS:
+        val = getattr(ns, flag, None)
+        if val is not None:
+            cfg.set(flag, val)
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        parser.error(str(err))
+    return cfg
+
+
 def cmd_train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     from vmamba_rl.agents.base import NonFiniteError
     from vmamba_rl.checkpoint import CheckpointError
     from vmamba_rl.collector import CollectorError
     from vmamba_rl.envs.errors import SimulatorConnectionError
-    from vmamba_rl.training import RunFolderExistsError, Trainer
+    from vmamba_rl.training import CHECKPOINT, RunFolderExistsError, Trainer
 
-    if ns.resume:
+    resume = bool(ns.resume)
+    if resume:
         run_dir = Path(ns.resume)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.is_file():
-            parser.error(
-                f"--resume {ns.resume}: no config.json there; pass a run folder made by vmamba-rl train"
-            )
-        from vmamba_rl.config import Config
-
-        cfg = Config.from_dict(json.loads(cfg_path.read_text()))
-        # a resumed run may extend its budget or change logging, nothing that changes the networks
-        for flag in ("max_timesteps", "eval_interval", "eval_episodes", "save_interval", "progress"):
-            val = getattr(ns, flag, None)
-            if val is not None:
-                cfg.set(flag, val)
+        cfg = _resume_config(parser, ns, run_dir)
+        if not (run_dir / CHECKPOINT).is_file():
+            print(f"no checkpoint in {run_dir} yet: starting the run over from step 0")
+            resume = False
     else:
         cfg = _resolve(parser, ns)
         run_dir = None
     if ns.no_save_buffer:
         cfg.set("save_buffer", False)
     try:
-        trainer = Trainer(cfg, run_dir=run_dir, resume=bool(ns.resume))
+        trainer = Trainer(cfg, run_dir=run_dir, resume=resume)
         trainer.run()
     except (CheckpointError, RunFolderExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

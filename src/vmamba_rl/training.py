@@ -9,16 +9,24 @@
 
 Run folder ``<log_dir>/<algorithm>-<env>-<time>/`` holds ``config.json``, ``episodes.csv``,
 ``updates.csv``, ``eval.csv``, TensorBoard event files, ``checkpoint.pt`` (agent + loop + collector
-state), ``replay.npz`` and ``best.pt``: the agent of the best evaluation so far (success rate, then mean
-return; ``vmamba-rl eval`` reads it like any checkpoint). Checkpoints are taken at episode ends, every
-episode starts from a seed drawn from the collector's own generator, and the environments' open
-episodes are re-simulated on resume, so a resumed run continues exactly as the uninterrupted one would
-(local collection, sync mode; see :mod:`vmamba_rl.collector`).
+state), ``replay-<step>.npz`` and ``best.pt``: the agent of the best evaluation so far (success rate,
+then mean return; ``vmamba-rl eval`` reads it like any checkpoint).
+
+The save unit: the replay file is written first under a name of its own, then ``checkpoint.pt``, which
+names that file with its SHA-256, its replay counters and the byte length of every CSV log, is renamed
+into place: that rename is the commit. A kill before it leaves the previous unit whole (the new replay
+file is a stale leftover, removed at the next start); a resume checks the replay file against the
+checkpoint and cuts the logs back to the checkpoint's lengths, so no row appears twice.
+
+Checkpoints are taken at episode ends, every episode starts from a seed drawn from the collector's own
+generator, and the environments' open episodes are re-simulated on resume, so a resumed run continues
+exactly as the uninterrupted one would (local collection, sync mode; see :mod:`vmamba_rl.collector`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import threading
@@ -31,15 +39,23 @@ import torch
 
 from vmamba_rl.agents.base import BaseAgent, NonFiniteError
 from vmamba_rl.callbacks import BEST, Callback, Curriculum, Evaluation, default_callbacks
-from vmamba_rl.checkpoint import CheckpointError, atomic_torch_save, safe_torch_load
+from vmamba_rl.checkpoint import CheckpointError, atomic_torch_save, fault_point, safe_torch_load, sha256_file
 from vmamba_rl.collector import Collector, CollectorError, LocalCollector, env_fns
 from vmamba_rl.config import Config
 from vmamba_rl.envs.make import last_frames, make_env  # noqa: F401  (their old home; users import them here)
 from vmamba_rl.evaluation import format_table
 
 CHECKPOINT = "checkpoint.pt"
-REPLAY = "replay.npz"
-__all__ = ["BEST", "CHECKPOINT", "REPLAY", "Callback", "RunFolderExistsError", "Trainer", "make_env"]
+REPLAY_GLOB = "replay-*.npz"  # one per save: replay-<step>.npz
+RUN_FILES = ("episodes.csv", "updates.csv", "eval.csv", BEST)  # what a run writes besides checkpoints
+__all__ = ["BEST", "CHECKPOINT", "Callback", "RunFolderExistsError", "Trainer", "make_env"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small text file by a rename, so a kill never leaves half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class RunFolderExistsError(ValueError):
@@ -78,12 +94,14 @@ class Trainer:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path(cfg.log_dir) / (cfg.run_name or f"{cfg.algorithm_name}-{cfg.env_name}-{stamp}")
         self.run_dir = Path(run_dir)
-        if not resume and any((self.run_dir / f).exists() for f in ("episodes.csv", CHECKPOINT)):
+        if not resume and (self.run_dir / CHECKPOINT).exists():
             # a new run here would append its logs to the old run's CSVs and replace its checkpoint
             raise RunFolderExistsError(
                 f"run folder {self.run_dir} already holds a run; continue it with --resume "
                 f"{self.run_dir}, or pick another --run_name / --log_dir"
             )
+        if not resume:
+            self._start_over()
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         from vmamba_rl.runtime import configure_cpu
@@ -104,13 +122,14 @@ class Trainer:
         self.stopped = False
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state = self._read_checkpoint() if resume else None
+        self._remove_stale(state)
         if state is not None:  # the curriculum stage decides which environments the collector builds
             self._load_callbacks(state["loop"])
         overrides = self.curriculum.overrides() if self.curriculum is not None else None
         self.collector = make_collector(cfg, self.agent, overrides)
         if state is not None:
             self._load_checkpoint(state)
-        (self.run_dir / "config.json").write_text(cfg.to_json())
+        atomic_write_text(self.run_dir / "config.json", cfg.to_json())
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(self.run_dir))
@@ -124,8 +143,9 @@ class Trainer:
         return "no checkpoint had been saved yet"
 
     def save_checkpoint(self) -> Path:
-        """Atomic ``checkpoint.pt`` (agent, loop, collector, callbacks) + ``replay.npz`` (unless
-        save_buffer is off), taken at an episode end."""
+        """Write the save unit (module docstring): ``replay-<step>.npz`` (unless save_buffer is off), then
+        ``checkpoint.pt`` (agent, loop, collector, callbacks, the replay file's name and fingerprint) as
+        the commit; older replay files are removed after it. Taken at an episode end."""
         state = self.agent.state_dict()
         state["loop"] = {
             "step": self.step,
@@ -136,10 +156,25 @@ class Trainer:
             "collector": self.collector.state_dict(),
             "callbacks": {c.name: c.state_dict() for c in self.callbacks},
         }
+        replay = None
         if self.cfg.save_buffer:
-            self.agent.replay_buffer.save(str(self.run_dir / REPLAY))
+            buf = self.agent.replay_buffer
+            replay = self.run_dir / f"replay-{self.step:09d}.npz"
+            buf.save(str(replay))
+            state["loop"]["replay"] = {
+                "file": replay.name,
+                "sha256": sha256_file(replay),
+                "bytes": replay.stat().st_size,
+                "frames_written": buf._t.tolist(),
+                "num_transitions": buf._num_transitions.tolist(),
+            }
+        fault_point("replay_written")
         path = self.run_dir / CHECKPOINT
-        atomic_torch_save(state, path)
+        atomic_torch_save(state, path)  # the commit
+        fault_point("committed")
+        for old in self.run_dir.glob(REPLAY_GLOB):
+            if replay is None or old.name != replay.name:
+                old.unlink(missing_ok=True)
         return path
 
     def _read_checkpoint(self) -> dict[str, Any]:
@@ -169,12 +204,58 @@ class Trainer:
         torch.set_rng_state(loop["torch_rng"])
         pr = json.loads(loop["python_rng"])
         random.setstate((pr[0], tuple(pr[1]), pr[2]))
-        replay = self.run_dir / REPLAY
-        if replay.exists():
-            self.agent.replay_buffer.load(str(replay))
-        elif self.cfg.save_buffer:
-            print(f"warning: {replay} not found; resuming with an empty replay buffer")
+        self._load_replay(loop.get("replay"), path)
         self.collector.load_state_dict(loop["collector"], self.agent)
+
+    def _load_replay(self, rec: dict[str, Any] | None, ckpt: Path) -> None:
+        """Load the replay file the checkpoint names, refusing one that is not the file it saved."""
+        if rec is None:
+            if self.cfg.save_buffer:
+                print(f"warning: {ckpt} was saved without a replay buffer; resuming with an empty one")
+            return
+        path = self.run_dir / rec["file"]
+        where = f"{ckpt} (step {self.step}) was saved with replay file {path.name}"
+        if not path.is_file():
+            raise CheckpointError(f"{where}, which is missing; the run cannot resume exactly")
+        size, digest = path.stat().st_size, sha256_file(path)
+        if size != rec["bytes"] or digest != rec["sha256"]:
+            raise CheckpointError(
+                f"{where}, but that file changed since (size {size} vs {rec['bytes']} bytes, sha256 "
+                f"{digest[:12]}... vs {rec['sha256'][:12]}...); refusing an inconsistent checkpoint and "
+                "replay"
+            )
+        try:
+            self.agent.replay_buffer.load(str(path))
+        except ValueError as e:
+            raise CheckpointError(f"{where}, which cannot be loaded: {e}") from e
+        buf = self.agent.replay_buffer
+        counters = (buf._t.tolist(), buf._num_transitions.tolist())
+        if counters != (rec["frames_written"], rec["num_transitions"]):
+            raise CheckpointError(f"{where}, but its counters do not match the checkpoint's")
+
+    def _start_over(self) -> None:
+        """A new run in a folder without a checkpoint: remove what an earlier attempt left (it stopped
+        before its first checkpoint), saying so."""
+        d = self.run_dir
+        leftovers = [d / f for f in RUN_FILES if (d / f).exists()]
+        leftovers += list(d.glob("events.out.tfevents.*")) + list(d.glob(REPLAY_GLOB))
+        if not leftovers:
+            return
+        print(
+            f"run folder {d} holds no checkpoint (an earlier run stopped before its first one): starting "
+            f"it over, removing {', '.join(sorted(p.name for p in leftovers))}"
+        )
+        for p in leftovers:
+            p.unlink()
+
+    def _remove_stale(self, state: dict[str, Any] | None) -> None:
+        """Remove temporaries of interrupted saves and replay files no checkpoint names."""
+        keep = (state or {}).get("loop", {}).get("replay", {}).get("file")
+        for p in list(self.run_dir.glob("*.tmp")) + list(self.run_dir.glob(".*.tmp")):
+            p.unlink(missing_ok=True)
+        for p in self.run_dir.glob(REPLAY_GLOB):
+            if p.name != keep:
+                p.unlink(missing_ok=True)
 
     # --- the loop ---------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -263,7 +344,10 @@ class Trainer:
         if self.cfg.eval_episodes <= 0:
             return None
         ev = self.evaluation
-        final = ev.last if ev.last_step == self.step and ev.last is not None else self.evaluate()
+        if ev.last_step != self.step:
+            final = self.evaluate()
+        else:  # evaluated at this very step already (before a resume, too: the row is in eval.csv)
+            final = ev.last if ev.last is not None else ev.evaluate(self, log=False)
         if not self.quiet:
             print(f"\nfinal evaluation after {self.step} steps ({self.cfg.eval_episodes} episodes):")
             print(format_table(final))

@@ -1,0 +1,173 @@
+"""Crash safety: a run killed anywhere (inside a save too) resumes to the uninterrupted result, an
+inconsistent checkpoint / replay pair is refused, and a run folder never gets stuck."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from vmamba_rl.checkpoint import FAULT_ENV, CheckpointError, safe_torch_load
+from vmamba_rl.training import CHECKPOINT, Trainer
+
+TESTS = Path(__file__).parent
+KW = dict(
+    max_timesteps=160, learning_starts=30, updates_per_step=0.25, seed=3, scan_backend="chunked",
+    env_kwargs={"max_steps": 14}, level="easy", save_interval=20, num_envs=2, torch_threads=1,
+    eval_interval=80, eval_episodes=2,
+)  # fmt: skip
+
+# Runs the job to the end: resumes when the folder holds a checkpoint, starts (over) otherwise.
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from vmamba_rl.training import Trainer
+from pathlib import Path
+run = Path({run!r})
+cfg = tiny_config({log!r}, run_name=run.name, **{kw!r})
+Trainer(cfg, run_dir=run, resume=(run / "checkpoint.pt").exists(), quiet=True).run()
+"""
+
+
+def _drive(run: Path, fault: str | None = None, kill_after_s: float | None = None) -> int:
+    """One attempt in a subprocess; returns its exit code (-9 when killed)."""
+    code = DRIVER.format(tests=str(TESTS), run=str(run), log=str(run.parent), kw=KW)
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    env.pop(FAULT_ENV, None)
+    if fault:
+        env[FAULT_ENV] = fault
+    p = subprocess.Popen([sys.executable, "-c", code], env=env)
+    if kill_after_s is not None:
+        try:
+            return p.wait(timeout=kill_after_s)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+    return p.wait(timeout=600)
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    state = safe_torch_load(path)
+    return {f"{m}.{k}": v for m, sd in state["modules"].items() for k, v in sd.items()}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "time"} for r in csv.DictReader(open(path))]
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_bit_exactly_with_one_copy_of_each_step(tmp_path):
+    ref = tmp_path / "ref"
+    t0 = time.perf_counter()
+    assert _drive(ref) == 0
+    whole = time.perf_counter() - t0
+    run = tmp_path / "killed"
+    # inside the 2nd save (replay written, not committed), right after the 3rd commit, and mid-way
+    # through what is left (an attempt that resumes at step ~60 of 160)
+    attempts = [_drive(run, fault="replay_written:2"), _drive(run, fault="committed:3")]
+    attempts.append(_drive(run, kill_after_s=0.7 * whole))
+    assert attempts == [-signal.SIGKILL] * 3
+    assert _drive(run) == 0
+    a, b = _params(ref / CHECKPOINT), _params(run / CHECKPOINT)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for log in ("episodes.csv", "eval.csv", "updates.csv"):
+        assert _rows(run / log) == _rows(ref / log), log  # no row twice, none missing
+    state = safe_torch_load(run / CHECKPOINT)
+    assert state["loop"]["step"] == 160
+    replays = sorted(p.name for p in run.glob("replay-*.npz"))
+    assert replays == [state["loop"]["replay"]["file"]]  # one replay file, the committed one
+    with np.load(run / replays[0]) as z:
+        assert int(z["num_transitions"].sum()) == 160  # each step stored once
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
+
+
+def _short_run(tmp_path, name: str) -> Trainer:
+    tr = Trainer(tiny_config(tmp_path, run_name=name, **{**KW, "max_timesteps": 60}), quiet=True)
+    tr.run()
+    return tr
+
+
+def test_a_replay_file_that_does_not_match_its_checkpoint_is_refused(tmp_path):
+    tr = _short_run(tmp_path, "tamper")
+    rec = safe_torch_load(tr.run_dir / CHECKPOINT)["loop"]["replay"]
+    replay = tr.run_dir / rec["file"]
+    with np.load(replay) as z:
+        d = {k: z[k] for k in z.files}
+    d["floor"] = d["floor"] + 3  # a tampered counter: the batches would change silently
+    with open(replay, "wb") as f:
+        np.savez(f, **d)
+    cfg = tiny_config(tmp_path, run_name="tamper", **{**KW, "max_timesteps": 60})
+    with pytest.raises(CheckpointError, match=f"saved with replay file {rec['file']}, but that file changed"):
+        Trainer(cfg, run_dir=tr.run_dir, resume=True, quiet=True)
+    replay.unlink()
+    with pytest.raises(CheckpointError, match=f"replay file {rec['file']}, which is missing"):
+        Trainer(cfg, run_dir=tr.run_dir, resume=True, quiet=True)
+
+
+def test_stale_temporaries_and_unnamed_replay_files_are_removed_at_start(tmp_path):
+    tr = _short_run(tmp_path, "stale")
+    d = tr.run_dir
+    for name in ("checkpoint.pt.abc123.tmp", ".replay-xyz.tmp", "replay-000000999.npz", ".config.json.tmp"):
+        (d / name).write_bytes(b"partial")
+    kept = safe_torch_load(d / CHECKPOINT)["loop"]["replay"]["file"]
+    Trainer(tiny_config(tmp_path, run_name="stale", **KW), run_dir=d, resume=True, quiet=True).close()
+    assert sorted(p.name for p in d.iterdir() if p.suffix in (".tmp", ".npz")) == [kept]
+
+
+def test_a_run_that_died_before_its_first_checkpoint_starts_over_in_place(tmp_path, capsys):
+    from vmamba_rl.cli import main
+
+    run = tmp_path / "early"
+    run.mkdir()
+    (run / "episodes.csv").write_text("step,episode\n5,1\n")
+    (run / "config.json").write_text(tiny_config(tmp_path, run_name="early", **KW).to_json())
+    argv = ["train", "--resume", str(run), "--max_timesteps", "40", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"no checkpoint in {run} yet: starting the run over from step 0" in out
+    assert "starting it over, removing episodes.csv" in out
+    assert safe_torch_load(run / CHECKPOINT)["loop"]["step"] == 40
+    # the same folder as a new run, after a crash before the first save: allowed, said
+    run2 = tmp_path / "early2"
+    run2.mkdir()
+    (run2 / "episodes.csv").write_text("step,episode\n5,1\n")
+    tr = Trainer(tiny_config(tmp_path, run_name="early2", **{**KW, "max_timesteps": 30}), quiet=True)
+    tr.run()
+    assert _rows(run2 / "episodes.csv")[0]["step"] != "5"
+
+
+def test_resume_reads_the_checkpoint_config_when_config_json_is_corrupt(tmp_path, capsys):
+    from vmamba_rl.cli import main
+
+    tr = _short_run(tmp_path, "cfg")
+    (tr.run_dir / "config.json").write_text("{not json")
+    assert main(["train", "--resume", str(tr.run_dir), "--max_timesteps", "80", "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "config.json is unreadable" in out.err and "the checkpoint's configuration" in out.err
+    assert json.loads((tr.run_dir / "config.json").read_text())["train"]["max_timesteps"] == 80
+
+
+def test_resume_validates_its_overrides_and_names_the_flags_it_ignores(tmp_path, capsys):
+    from vmamba_rl.cli import main
+
+    tr = _short_run(tmp_path, "flags")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", str(tr.run_dir), "--save_interval", "-5"])
+    assert exc.value.code == 2
+    assert "--eval_interval, --eval_episodes and --save_interval must be >= 0" in capsys.readouterr().err
+    started = time.time()
+    assert main(["train", "--resume", str(tr.run_dir), "--critic_lr", "1e9", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "--resume keeps the run's configuration; ignoring --critic_lr" in err
+    assert safe_torch_load(tr.run_dir / CHECKPOINT)["config"]["td3"]["critic_lr"] == 1e-3
+    assert time.time() - started < 120
