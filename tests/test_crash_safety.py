@@ -171,3 +171,143 @@ def test_resume_validates_its_overrides_and_names_the_flags_it_ignores(tmp_path,
     assert "--resume keeps the run's configuration; ignoring --critic_lr" in err
     assert safe_torch_load(tr.run_dir / CHECKPOINT)["config"]["td3"]["critic_lr"] == 1e-3
     assert time.time() - started < 120
+
+
+# ------------------------------------------------------------------------------ user errors: exit 2
+
+TINY_ARGS = [
+    "--vmamba_patch_size", "8", "--vmamba_hidden_dim", "8", "--vmamba_num_vss_blocks", "1", "1", "1", "1",
+    "--feature_dim", "16", "--state_feature_dim", "8", "--hidden_dim", "16", "--max_timesteps", "5",
+    "--no-progress", "--eval_episodes", "0",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--env_name", "NoSuchEnv-v0"], "cannot make environment 'NoSuchEnv-v0'"),
+        (["--env_kwargs", '{"bogus": 1}'], "unknown DroneNavEnv option(s) ['bogus']"),
+        (["--curriculum", '{"bogus": 1}'], "unknown DroneNavEnv option(s) ['bogus']"),
+        (["--level", "bogus"], "level must be one of empty, easy, medium, hard, got 'bogus'"),
+        (["--env_kwargs", '{"image_height": 8, "image_width": 8}'], "image size 8x8 does not fit"),
+        (["--modalities", "nope"], "--modalities ['nope'] not in DroneNav-v0's observations"),
+        (["--env_kwargs", '{"collision_reward": 1e300}'], "collision_reward must be a finite number"),
+        (["--log_dir", "/proc/no/such/dir"], "/proc/no/such/dir"),
+    ],
+)
+def test_bad_training_inputs_are_one_line_errors_with_exit_2(tmp_path, capsys, flags, message):
+    from vmamba_rl.cli import main
+
+    argv = ["train", *TINY_ARGS, "--log_dir", str(tmp_path), "--run_name", "bad", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    from vmamba_rl.cli import main
+
+    assert main(["train", *TINY_ARGS, "--log_dir", str(tmp_path), "--device", "cuda"]) == 2
+    assert "--device cuda: this torch build has no usable CUDA GPU" in capsys.readouterr().err
+
+
+def test_info_and_eval_reject_impossible_counts(capsys):
+    from vmamba_rl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["info", "--image_size", "0", "0"])
+    assert (
+        exc.value.code == 2
+        and "--image_size must be two positive sizes H W, got 0 0" in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--checkpoint", "x", "--episodes", "0"])
+    assert exc.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_json_outputs_are_strict():
+    from vmamba_rl.evaluation import strict_json
+
+    text = strict_json({"success_rate": 0.5, "mean_path_ratio": float("nan"), "by": [float("inf")]})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict {c}")) == {
+        "success_rate": 0.5, "mean_path_ratio": None, "by": [None],
+    }  # fmt: skip
+
+
+def test_amp_on_a_cpu_warns_that_it_is_off():
+    from vmamba_rl.agents.vmamba_td3 import make_agent
+    from vmamba_rl.envs.make import make_env
+
+    cfg = tiny_config(amp="fp16", device="cpu", scan_backend="chunked")
+    with pytest.warns(UserWarning, match="--amp fp16 applies on CUDA only; on cpu training runs in fp32"):
+        make_agent(make_env(cfg), None, cfg)
+
+
+def test_a_full_disk_during_a_save_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    """The third save fails the way torch reports a full disk; the command says what and where, exits 2,
+    and the checkpoint of the second save still resumes."""
+    import vmamba_rl.checkpoint as ck
+    from vmamba_rl.cli import main
+
+    real, calls = ck.torch.save, {"n": 0}
+
+    def failing(obj, f, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file"
+            )
+        return real(obj, f, *a, **kw)
+
+    monkeypatch.setattr(ck.torch, "save", failing)
+    argv = [
+        "train", *TINY_ARGS, "--max_timesteps", "120", "--save_interval", "20", "--log_dir", str(tmp_path),
+        "--run_name", "full", "--env_kwargs", '{"max_steps": 10}', "--learning_starts", "30",
+    ]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    run = tmp_path / "full"
+    assert f"cannot write {run / CHECKPOINT}" in err and "MB free there" in err
+    assert f"the last good checkpoint {run / CHECKPOINT} is kept" in err and "Traceback" not in err
+    monkeypatch.setattr(ck.torch, "save", real)
+    step = safe_torch_load(run / CHECKPOINT)["loop"]["step"]
+    assert 0 < step < 120 and not list(run.glob("*.tmp"))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert safe_torch_load(run / CHECKPOINT)["loop"]["step"] >= 120
+
+
+# ------------------------------------------------------------------------------------- environments
+
+
+def test_environments_pass_check_env_without_matplotlib():
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "import gymnasium as gym, vmamba_rl\n"
+        "from gymnasium.utils.env_checker import check_env\n"
+        "for name in ('DroneNav-v0', 'Parking-v0'):\n"
+        "    env = gym.make(name).unwrapped\n"
+        "    assert 'human' not in env.metadata['render_modes'] or name != 'DroneNav-v0'\n"
+        "    check_env(env)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_parking_refuses_steps_after_the_end_and_bad_options():
+    import gymnasium as gym
+
+    env = gym.make("Parking-v0", level="easy", max_steps=1).unwrapped
+    env.reset(seed=0)
+    _, _, terminated, truncated, _ = env.step(np.zeros(2, np.float32))
+    assert terminated or truncated
+    with pytest.raises(RuntimeError, match="call reset\\(\\) before step\\(\\) \\(the episode is over"):
+        env.step(np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1; got 0"):
+        gym.make("Parking-v0", max_steps=0)
+    for bad in (float("nan"), 1e300):
+        with pytest.raises(ValueError, match="collision_penalty must be a finite number in \\[0, 1e6\\]"):
+            gym.make("Parking-v0", collision_penalty=bad)
+    with pytest.raises(ValueError, match="collision_reward must be a finite number within"):
+        gym.make("DroneNav-v0", collision_reward=float("nan"))

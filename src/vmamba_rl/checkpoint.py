@@ -35,10 +35,27 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as "file write failed"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise write_error(path, e) from e
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_error(path: str | os.PathLike, err: BaseException) -> OSError:
+    """An OSError that says what could not be written, where, and how much room its disk has left."""
+    import errno
+    import shutil
+
+    try:
+        free = f"{shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 1e6:.0f} MB free there"
+    except OSError:
+        free = "its folder is not readable"
+    code = getattr(err, "errno", None) or errno.EIO
+    return OSError(code, f"cannot write {os.fspath(path)} ({free}): {err}")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")
     e.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder")
-    e.add_argument("--episodes", type=int, default=20)
+    e.add_argument("--episodes", type=_positive, default=20, help="evaluation episodes (>= 1)")
     e.add_argument("--level", default=None)
     e.add_argument("--env_name", default=None, help="evaluate in another environment with the same spaces")
     e.add_argument("--seed", type=int, default=10_000)
@@ -137,21 +137,33 @@ def cmd_train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
         run_dir = None
     if ns.no_save_buffer:
         cfg.set("save_buffer", False)
-    try:
+    try:  # building the run from the user's values: environment, sizes, device, folder
         trainer = Trainer(cfg, run_dir=run_dir, resume=resume)
-        trainer.run()
-    except (CheckpointError, RunFolderExistsError) as err:
+    except SimulatorConnectionError as err:  # (an OSError too) the simulator is not reachable
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except (CheckpointError, RunFolderExistsError, ValueError, ImportError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except NonFiniteError:
-        return 1
+    try:  # only failures a user can act on become one line; anything else keeps its traceback
+        trainer.run()
     except (SimulatorConnectionError, CollectorError) as err:  # simulators or Ray workers stayed down
         print(f"error: {err}", file=sys.stderr)
         return 3
-    except ImportError as err:  # an optional extra (Ray) is missing
-        print(f"error: {err}", file=sys.stderr)
+    except OSError as err:  # a full disk, a folder that cannot be written: the last checkpoint stays
+        print(f"error: {err}; {trainer.checkpoint_note()}", file=sys.stderr)
         return 2
+    except NonFiniteError:
+        return 1
     return 0
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
@@ -187,7 +199,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     out = Path(ns.out) if ns.out else path.parent
     out.mkdir(parents=True, exist_ok=True)
     records = summary.pop("records")
-    (out / "eval.json").write_text(json.dumps(summary, indent=2))
+    from vmamba_rl.evaluation import strict_json
+
+    (out / "eval.json").write_text(strict_json(summary))
     import csv
 
     with open(out / "eval_episodes.csv", "w", newline="") as f:
@@ -202,6 +216,8 @@ def cmd_info(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     from vmamba_rl.info import format_info
 
     cfg = _resolve(parser, ns)
+    if min(ns.image_size) < 1:
+        parser.error(f"--image_size must be two positive sizes H W, got {' '.join(map(str, ns.image_size))}")
     try:
         print(format_info(cfg, depth_shape=(1, *ns.image_size)))
     except ValueError as err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -98,3 +100,18 @@ def format_table(summary: dict[str, Any]) -> str:
                 f"episodes {s['episodes']}"
             )
     return "\n".join(lines)
+
+
+def strict_json(obj: Any) -> str:
+    """JSON with NaN / inf written as null (strict JSON that every parser reads)."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False)

@@ -680,6 +680,12 @@ class SequenceReplayBuffer:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except OSError as e:  # a full disk: say which file, and how much room is left
+            from vmamba_rl.checkpoint import write_error
+
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise write_error(path, e) from e
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -120,7 +120,12 @@ class Trainer:
         self.update_credit = 0.0
         self.stop_requested = False  # Ctrl-C or stop_at: save at the next episode end, then stop
         self.stopped = False
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(
+                e.errno, f"cannot create the run folder {self.run_dir}: {e.strerror} ({e.filename})"
+            ) from e
         state = self._read_checkpoint() if resume else None
         self._remove_stale(state)
         if state is not None:  # the curriculum stage decides which environments the collector builds

@@ -12,6 +12,7 @@ Actions cross the boundary in environment units; inside, agents and replay work 
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +60,11 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name}: this torch build has no usable CUDA GPU (torch {torch.__version__}); "
+            "use --device cpu or auto"
+        )
     return torch.device(name)
 
 
@@ -143,6 +149,11 @@ class BaseAgent(ABC):
 
         self.cfg = cfg
         self.device = resolve_device(device) if isinstance(device, str) else device
+        if cfg.amp != "off" and self.device.type != "cuda":
+            # autocast is used on CUDA only: CPU bf16 was slower than fp32 on AVX2 and fp16 needs a GPU
+            warnings.warn(
+                f"--amp {cfg.amp} applies on CUDA only; on {self.device} training runs in fp32", stacklevel=2
+            )
         self.observation_space = observation_space
         self.action_space = action_space
         self.scaler = ActionScaler(action_space)

@@ -24,6 +24,7 @@ Keyword overrides: any field of :class:`~vmamba_rl.envs.nav_task.NavTaskConfig` 
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from dataclasses import dataclass, fields, replace
@@ -52,6 +53,16 @@ LEVELS: dict[str, LevelSpec] = {
     "medium": LevelSpec((40.0, 55.0), (15, 21)),
     "hard": LevelSpec((55.0, 65.0), (25, 34)),
 }
+
+
+def _has_matplotlib() -> bool:
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except ValueError:  # an entry of None in sys.modules: imports of it are blocked
+        return False
+
+
+_HAS_MATPLOTLIB = _has_matplotlib()
 
 
 @dataclass
@@ -273,7 +284,8 @@ class DroneNavEnv(gym.Env):
     (rad). Giving ``cylinders`` or ``boxes`` replaces the random obstacles (no clearance checks).
     """
 
-    metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 2}
+    # "human" shows the frame with matplotlib, so it is offered only where matplotlib is installed
+    metadata = {"render_modes": ["rgb_array", *(["human"] if _HAS_MATPLOTLIB else [])], "render_fps": 2}
 
     def __init__(
         self,

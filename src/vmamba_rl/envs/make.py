@@ -34,6 +34,8 @@ def make_env(
         kwargs["render_mode"] = render_mode
     try:
         env = gym.make(cfg.env_name, **kwargs)
+    except TypeError as e:  # an unknown environment keyword: the environment's message names the valid ones
+        raise ValueError(f"{cfg.env_name}: {e}") from e
     except gym.error.Error as e:
         known = [k for k in gym.registry if k in ("DroneNav-v0", "Parking-v0", "AirSimEnv-v42")]
         raise ValueError(

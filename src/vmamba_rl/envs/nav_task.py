@@ -42,6 +42,13 @@ BASE_KEYS: tuple[str, ...] = (
 BASE_DIM: int = len(BASE_KEYS)
 
 
+REWARD_FIELDS = (
+    "distance_coef", "progress_coef", "jerk_coef", "curvature_coef", "step_penalty", "altitude_penalty",
+    "success_reward", "collision_reward", "timeout_reward",
+)  # fmt: skip
+MAX_REWARD_MAGNITUDE = 1e6
+
+
 @dataclass
 class NavTaskConfig:
     """Everything that defines the task as the agent sees it (shared by every simulator).
@@ -121,6 +128,12 @@ class NavTaskConfig:
         _require(
             self.gaussian_noise_std >= 0, f"gaussian_noise_std must be >= 0, got {self.gaussian_noise_std}"
         )
+        for name in REWARD_FIELDS:  # a NaN or a huge reward would poison every value target
+            v = getattr(self, name)
+            _require(
+                math.isfinite(v) and abs(v) <= MAX_REWARD_MAGNITUDE,
+                f"{name} must be a finite number within +-{MAX_REWARD_MAGNITUDE:g}, got {v}",
+            )
 
     @classmethod
     def field_names(cls) -> frozenset[str]:

@@ -507,9 +507,13 @@ class ParkingEnv(gym.Env):
         self.slot_type = slot_type
         self.render_mode = render_mode
         self.collision_stops = bool(collision_stops)
-        if not np.isfinite(collision_penalty) or collision_penalty < 0:
-            raise ValueError(f"collision_penalty must be a finite number >= 0; got {collision_penalty!r}")
+        if not (np.isfinite(collision_penalty) and 0 <= collision_penalty <= 1e6):
+            raise ValueError(
+                f"collision_penalty must be a finite number in [0, 1e6]; got {collision_penalty!r}"
+            )
         self.collision_penalty = float(collision_penalty)
+        if int(max_steps) != max_steps or max_steps < 1:
+            raise ValueError(f"max_steps must be an integer >= 1; got {max_steps!r}")
         self.max_steps = int(max_steps)
 
         self.action_space = spaces.Box(
@@ -561,6 +565,7 @@ class ParkingEnv(gym.Env):
         fill_convex_nb(self._car_channel, car_px, 255)
 
         self.scene: ParkingScene | None = None
+        self._done = False
         self.state = np.zeros(3)
 
     # ---------------------------------------------------------------- configuration
@@ -608,6 +613,7 @@ class ParkingEnv(gym.Env):
         self._goal_px = np.empty((1, 4, 2))
         self.state = np.asarray(start, dtype=np.float64).copy()
         self._t = 0
+        self._done = False
         self._path_length = 0.0
         return self._restart_progress()
 
@@ -646,8 +652,8 @@ class ParkingEnv(gym.Env):
 
         Returns (obs, reward, terminated, truncated, info).
         """
-        if self.scene is None:
-            raise RuntimeError("call reset() before step()")
+        if self.scene is None or self._done:
+            raise RuntimeError("call reset() before step() (the episode is over or never started)")
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape != (2,) or not np.all(np.isfinite(a)):
             raise ValueError(f"action must be 2 finite numbers (steer rad, speed m/s); got {action!r}")
@@ -681,6 +687,7 @@ class ParkingEnv(gym.Env):
         if timeout:
             reward -= 0.1
         info = self._info(success, collided, out, timeout, coverage, iou, d)
+        self._done = terminated or timeout
         return self._observe(), float(reward), terminated, timeout, info
 
     def first_blocked(self, poses: np.ndarray) -> tuple[int, str]:

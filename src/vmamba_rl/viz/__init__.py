@@ -12,7 +12,6 @@ Agg backend: no window opens, on a headless machine or anywhere else.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +151,9 @@ def visualize(
         "notes": trace.notes,
         "files": {k: str(v) for k, v in files.items()},
     }
-    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+    from vmamba_rl.evaluation import strict_json
+
+    (out / "summary.json").write_text(strict_json(_jsonable(summary)))
     files["summary_json"] = out / "summary.json"
     if verbose:
         for note in trace.notes:
