@@ -8,7 +8,8 @@ Each attempt is the real command line (`vmamba-rl train ...`, then `--resume`), 
 delay: its start-up time plus a random share of the uninterrupted run's work (so the kills spread over the
 whole run). After every kill
 the run folder's save unit is checked as a resume would: the replay file the checkpoint names exists
-and matches its SHA-256, and no other replay file is left. At the end the killed run is resumed to its
+and matches its SHA-256 (the replay file of an interrupted save may lie beside it until the next start
+removes it). At the end the killed run is resumed to its
 budget and its parameters are compared with the uninterrupted run's, bit for bit.
 """
 

@@ -263,7 +263,7 @@ def test_collision_penalty_zero_makes_a_free_safety_stop() -> None:
         costs.append(reward)
     assert costs[0] == pytest.approx(costs[1] - 5.0)  # the same blocked step, with and without penalty
     assert abs(costs[1]) < 0.2  # only the shaping terms remain
-    with pytest.raises(ValueError, match="collision_penalty must be a finite number >= 0; got -1"):
+    with pytest.raises(ValueError, match="collision_penalty must be a finite number in \\[0, 1e6\\]; got -1"):
         ParkingEnv(collision_penalty=-1)
 
 

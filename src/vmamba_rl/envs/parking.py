@@ -621,9 +621,12 @@ class ParkingEnv(gym.Env):
         """Move the car to pose (x, y, yaw) keeping the scene and step count; returns the observation.
 
         The progress baselines (previous distance, initial distance, running max IoU) restart from the
-        new pose. Meant for tests and scripted set-ups.
+        new pose, and an ended episode continues from it. Meant for tests and scripted set-ups.
         """
+        if self.scene is None:
+            raise RuntimeError("call reset() before set_state()")
         self.state = np.asarray(pose, dtype=np.float64).copy()
+        self._done = False
         return self._restart_progress()
 
     def _restart_progress(self) -> dict[str, np.ndarray]:
