@@ -299,8 +299,8 @@ class Evaluation(Callback):
 
 
 class Checkpoints(Callback):
-    """``checkpoint.pt`` + ``replay.npz`` at the first episode end after every ``interval`` decisions,
-    and when a stop was requested (Ctrl-C), which then ends the loop."""
+    """The save unit (``checkpoint.pt`` + ``replay-<step>.npz``) at the first episode end after every
+    ``interval`` decisions, and when a stop was requested (Ctrl-C), which then ends the loop."""
 
     name = "checkpoints"
 
