@@ -81,24 +81,24 @@ def main() -> None:
     print(f"policy: vmamba_td3 cpu preset, DroneNav-v0 {args.level}, {args.seconds:.0f} s per row")
     if args.local:
         print("\nlocal vector environments (sync), no step latency")
-        print(f"{'envs N':>8} {'decisions/s':>12} {'x N=first':>10}")
-        base = None
-        for n in args.local:
-            r = bench_local(args, n)
-            base = base or r
-            print(f"{n:>8} {r:>12.1f} {r / base:>10.2f}", flush=True)
+        _table("envs N", args.local, lambda n: bench_local(args, n))
     if args.ray:
         import ray
 
         ray.init(num_cpus=max(args.ray) + 1, include_dashboard=False, log_to_driver=False)
         print(f"\nRay workers, one environment each, step latency {args.latency * 1000:.0f} ms")
-        print(f"{'workers W':>9} {'decisions/s':>12} {'x W=first':>10} {'/ W':>6}")
-        base = None
-        for w in args.ray:
-            r = bench_ray(args, w)
-            base = base or r
-            print(f"{w:>9} {r:>12.1f} {r / base:>10.2f} {r / base / w:>6.2f}", flush=True)
+        _table("workers W", args.ray, lambda w: bench_ray(args, w))
         ray.shutdown()
+
+
+def _table(name: str, counts: list[int], measure) -> None:
+    """Rows of decisions/s per count, the ratio to the first row, and that ratio per count unit."""
+    print(f"{name:>9} {'decisions/s':>12} {'x first':>8} {'/ count':>8}")
+    base = None
+    for c in counts:
+        r = measure(c)
+        base = base or r
+        print(f"{c:>9} {r:>12.1f} {r / base:>8.2f} {r / base / (c / counts[0]):>8.2f}", flush=True)
 
 
 if __name__ == "__main__":

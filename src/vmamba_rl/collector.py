@@ -106,9 +106,9 @@ class Collector(ABC):
     def set_paused(self, paused: bool) -> None:  # noqa: B027 (optional hook)
         """Pause simulators that run in real time while the learner updates (AirSim)."""
 
+    @abstractmethod
     def set_env_overrides(self, overrides: dict[str, Any] | None, agent: Any) -> None:
         """Rebuild the environments with other keywords (a curriculum stage); open episodes end."""
-        raise NotImplementedError
 
     def sync_policy(self, agent: Any, force: bool = False) -> None:  # noqa: B027 (optional hook)
         """Send the learner's weights to remote acting copies (no-op locally, where acting is the agent)."""
@@ -273,8 +273,8 @@ class LocalCollector(Collector):
                 rec["env"] = i
                 result.episodes.append(rec)
                 self.needs_reset[i] = True
+        keep = ~self.needs_reset  # finished environments get their reset frame in the next call
         for k in self.obs:
-            keep = ~self.needs_reset
             self.obs[k][keep] = next_obs[k][keep]
         return result
 
@@ -356,10 +356,10 @@ class LocalCollector(Collector):
             if obs is None:
                 ok = False  # an open episode always has at least one action
                 break
-            newest = last_frames(obs)
-            s = self.stream_offset + i
-            slot = buf._slot(s, buf._t[s] - 1)
-            if not all(np.array_equal(buf._frames[k][slot], v, equal_nan=True) for k, v in newest.items()):
+            stored = buf.newest_frame(self.stream_offset + i)
+            if stored is None or not all(
+                np.array_equal(stored[k], v, equal_nan=True) for k, v in last_frames(obs).items()
+            ):
                 ok = False
                 break
             if self.obs is None:

@@ -382,6 +382,18 @@ class SequenceReplayBuffer:
             total += int(self._num_transitions[s]) - int(lost)
         return total
 
+    def counters(self) -> dict[str, list[int]]:
+        """Per-stream frames written and transitions stored (what a checkpoint records of its replay)."""
+        return {"frames_written": self._t.tolist(), "num_transitions": self._num_transitions.tolist()}
+
+    def newest_frame(self, stream: int) -> dict[str, np.ndarray] | None:
+        """The stream's most recently written frame (None when it has none)."""
+        s = self._stream(stream)
+        if self._t[s] == 0:
+            return None
+        slot = self._slot(s, self._t[s] - 1)
+        return {k: v[slot] for k, v in self._frames.items()}
+
     @property
     def frames_stored(self) -> int:
         """Number of stored frames (occupied slots whose frame is still valid), over all streams."""

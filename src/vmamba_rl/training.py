@@ -170,8 +170,7 @@ class Trainer:
                 "file": replay.name,
                 "sha256": sha256_file(replay),
                 "bytes": replay.stat().st_size,
-                "frames_written": buf._t.tolist(),
-                "num_transitions": buf._num_transitions.tolist(),
+                **buf.counters(),
             }
         fault_point("replay_written")
         path = self.run_dir / CHECKPOINT
@@ -233,9 +232,8 @@ class Trainer:
             self.agent.replay_buffer.load(str(path))
         except ValueError as e:
             raise CheckpointError(f"{where}, which cannot be loaded: {e}") from e
-        buf = self.agent.replay_buffer
-        counters = (buf._t.tolist(), buf._num_transitions.tolist())
-        if counters != (rec["frames_written"], rec["num_transitions"]):
+        counters = self.agent.replay_buffer.counters()
+        if counters != {k: rec[k] for k in counters}:
             raise CheckpointError(f"{where}, but its counters do not match the checkpoint's")
 
     def _start_over(self) -> None:
