@@ -52,11 +52,23 @@ def _ray_config(tmp_path, **kw):
 @pytest.mark.parametrize("algo", ["td3", "hope_sac"])
 def test_two_workers_train_a_tiny_agent(tmp_path, algo):
     extra = dict(TINY_SAC, seq_len=3, buffer_size=2000) if algo == "hope_sac" else {}
-    tr = Trainer(_ray_config(tmp_path, algorithm_name=algo, run_name=algo, **extra), quiet=True)
-    tr.run()
+
+    class UntilEveryEnvWrote(Callback):
+        """Stops after 240 decisions once every environment has written (workers start at their own
+        pace on a busy machine)."""
+
+        def on_collect(self, trainer, result):
+            if trainer.step >= 240 and all(
+                n > 0 for n in trainer.agent.replay_buffer.counters()["num_transitions"]
+            ):
+                trainer.stop_requested = True
+
+    cfg = _ray_config(tmp_path, algorithm_name=algo, run_name=algo, max_timesteps=100_000, **extra)
+    tr = Trainer(cfg, quiet=True, callbacks=[UntilEveryEnvWrote()])
+    assert tr.run() is None
     buf = tr.agent.replay_buffer
     assert tr.step >= 240 and tr.agent.total_it >= (240 - 60) // 10
-    assert buf.num_streams == 4 and all(n > 0 for n in buf._num_transitions.tolist())  # every env wrote
+    assert buf.num_streams == 4 and all(n > 0 for n in buf.counters()["num_transitions"])  # every env wrote
     assert len(buf) == tr.step
     assert tr.collector.synced_at >= 3  # weights went out after the first updates
     _episodes_are_whole(buf)
