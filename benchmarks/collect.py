@@ -6,10 +6,13 @@
 
 Local rows: N environments in one synchronous Gymnasium vector environment, one batched policy
 forward for all N per step, every transition stored in replay (what ``--num_envs N`` does in training,
-without the gradient updates). Ray rows: W workers with one environment each and ``--latency`` seconds
-of simulated simulator time per step (``step_latency_s``, about AirSim's rate), the learner storing
-every chunk (``--ray_workers W``). Ratios are against the first row of each table, measured in the
-same run.
+without the gradient updates). Two local tables: every frame of each K-step window encoded on every
+step (what acting costs when the weights change between steps, as in training with an update per
+decision), and with the agent's frame-feature cache (the weights fixed: evaluation, a Ray worker
+between broadcasts), where only the newest frame of each window is encoded. Ray rows: W workers
+with one environment each and ``--latency`` seconds of simulated simulator time per step
+(``step_latency_s``, about AirSim's rate), the learner storing every chunk (``--ray_workers W``).
+Ratios are against the first row of each table, measured in the same run.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ def _config(args: argparse.Namespace, n: int, **kw):
     )
 
 
-def bench_local(args: argparse.Namespace, n: int) -> float:
+def bench_local(args: argparse.Namespace, n: int, cache: bool) -> float:
     cfg = _config(args, n)
     agent = make_agent(make_env(cfg), None, cfg, num_streams=n)
+    if not cache:
+        agent.frame_cache = None
     col = LocalCollector(env_fns(cfg, n), agent, cfg.seed)
     for _ in range(3):  # warm-up: numba compilation, first allocations
         col.collect(agent, random_actions=False)
@@ -80,8 +85,10 @@ def main() -> None:
     print(f"machine: {cpu_model()}, {args.threads} torch thread(s) in the learner, torch {torch.__version__}")
     print(f"policy: vmamba_td3 cpu preset, DroneNav-v0 {args.level}, {args.seconds:.0f} s per row")
     if args.local:
-        print("\nlocal vector environments (sync), no step latency")
-        _table("envs N", args.local, lambda n: bench_local(args, n))
+        print("\nlocal vector environments (sync), no step latency, every frame encoded every step")
+        _table("envs N", args.local, lambda n: bench_local(args, n, cache=False))
+        print("\nthe same with the frame-feature cache (weights fixed while acting)")
+        _table("envs N", args.local, lambda n: bench_local(args, n, cache=True))
     if args.ray:
         import ray
 

@@ -345,3 +345,72 @@ def test_bad_collection_options_are_clear_errors():
         make_config("cpu", vector_mode="threads")
     with pytest.raises(ValueError, match="--buffer_size 100 split over 40 environments leaves 2 slots"):
         make_config("cpu", buffer_size=100, num_envs=40)
+
+
+def _windows(n: int, k: int, steps: int, shape: tuple[int, ...], seed: int = 0):
+    """Acting-time windows of n environments: step t holds frames t-k+1..t, the first frame repeated
+    as padding before an episode's start (what SequenceHistory gives)."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (steps, n, *shape), dtype=np.uint8)
+    base = rng.standard_normal((steps, n, 10)).astype(np.float32)
+    for t in range(steps):
+        idx = [max(0, s) for s in range(t - k + 1, t + 1)]
+        yield {"base": base[idx].swapaxes(0, 1), "depth": frames[idx].swapaxes(0, 1)}
+
+
+def _plain(agent, batch):
+    """act_batch with every frame encoded (no cache), the agent's cache left as it was."""
+    cache, agent.frame_cache = agent.frame_cache, None
+    try:
+        return agent.act_batch(batch, explore=False)
+    finally:
+        agent.frame_cache = cache
+
+
+def test_frame_cache_encodes_each_new_frame_once_and_acts_as_the_plain_forward():
+    cfg = tiny_config(scan_backend="chunked", seq_len=4)
+    env = make_env(cfg)
+    agent = make_agent(env, None, cfg)
+    cache, n, k = agent.frame_cache, 3, 4
+    for t, batch in enumerate(_windows(n, k, 9, env.observation_space["depth"].shape[1:])):
+        before = cache.encoded, cache.reused
+        got = agent.act_batch(batch, explore=False)
+        np.testing.assert_allclose(got, _plain(agent, batch), rtol=1e-5, atol=1e-6)
+        # the padded first window is one distinct frame per environment, later windows one new frame
+        assert cache.encoded - before[0] == n
+        assert cache.reused - before[1] == (0 if t == 0 else n * min(t, k - 1))
+
+
+def test_frame_cache_is_emptied_by_an_update_a_load_and_a_checkpoint():
+    cfg = tiny_config(scan_backend="chunked", seq_len=4, batch_size=4, learning_starts=0)
+    env = make_env(cfg)
+    agent, other = make_agent(env, None, cfg), make_agent(env, None, tiny_config(seq_len=4, seed=5))
+    cache = agent.frame_cache
+    obs, _ = env.reset(seed=0)
+    for i in range(12):  # replay data for one real update
+        nxt, r, te, tr, _ = env.step(env.action_space.sample())
+        action = env.action_space.sample()
+        agent.store_transition(last_frames(obs), action, r, last_frames(nxt), te, tr, first=i == 0)
+        obs = nxt
+    batch = next(iter(_windows(1, 4, 1, env.observation_space["depth"].shape[1:])))
+    distinct = 1  # the first window is one frame repeated
+
+    def encoded_by_next_act() -> int:
+        before = cache.encoded
+        got = agent.act_batch(batch, explore=False)
+        np.testing.assert_allclose(got, _plain(agent, batch), rtol=1e-5, atol=1e-6)
+        return cache.encoded - before
+
+    assert encoded_by_next_act() == distinct and encoded_by_next_act() == 0  # the second call reuses
+    assert agent.train() is not None  # an optimiser step changes the encoder in place
+    assert encoded_by_next_act() == distinct
+    agent.load_state_dict(other.state_dict())  # new weights: the cache must not answer with old features
+    assert encoded_by_next_act() == distinct
+    np.testing.assert_allclose(
+        agent.act_batch(batch, explore=False), other.act_batch(batch, explore=False), rtol=1e-5, atol=1e-6
+    )
+    agent.state_dict()  # a checkpoint: the run that resumes from it starts with an empty cache
+    assert encoded_by_next_act() == distinct
+    with torch.no_grad():  # an edit outside the agent, seen through the tensor's version counter
+        next(agent._streams_for_actor().visual.parameters()).add_(0.05)
+    assert encoded_by_next_act() == distinct

@@ -160,6 +160,8 @@ class BaseAgent(ABC):
         self.action_dim = int(np.prod(action_space.shape))
         self.seq_len = cfg.seq_len
         self.total_it = 0
+        # bumped by every update and load: caches of what the weights compute compare it
+        self.weights_generation = 0
         self.normalizer: ObservationNormalizer | None = None  # subclasses that normalise set one
         self.replay_buffer = SequenceReplayBuffer(
             cfg.buffer_size,
@@ -247,6 +249,7 @@ class BaseAgent(ABC):
     def load_policy_state(self, state: dict[str, Any]) -> None:
         """Load :meth:`policy_state` output (same architecture) into this agent."""
         mods = self.policy_modules()
+        self.weights_generation += 1
         for k, sd in state["modules"].items():
             mods[k].load_state_dict(sd)
         self.load_extra_state(state["extra"])
@@ -288,6 +291,7 @@ class BaseAgent(ABC):
                 f"{state.get('action_dim')}, this environment gives {shapes} / {self.action_dim}"
             )
         mods = self.modules()
+        self.weights_generation += 1
         if set(state["modules"]) != set(mods):
             raise CheckpointError(
                 f"{where} has networks {sorted(state['modules'])}, this agent has {sorted(mods)}"

@@ -30,7 +30,7 @@ from vmamba_rl.config import Config
 from vmamba_rl.exploration import OUNoise
 from vmamba_rl.models.cnn import CNNVisualEncoder
 from vmamba_rl.models.heads import Actor, Critic
-from vmamba_rl.models.sequence import EncoderStream
+from vmamba_rl.models.sequence import EncoderStream, FrameFeatureCache
 from vmamba_rl.models.vmamba import VMambaVisualEncoder
 from vmamba_rl.normalization import ObservationNormalizer
 from vmamba_rl.replay import ReplayBatch
@@ -96,6 +96,8 @@ class VMambaTD3Agent(BaseAgent):
         # call on an H200); the number of distinct frames in a batch varies, so on a GPU it is rounded
         # up to a multiple of this by encoding repeats of one frame, and few shapes ever occur.
         self.frame_bucket = 32 if self.device.type == "cuda" else 1
+        # acting re-encodes only frames it has not seen under the current weights; None: every frame
+        self.frame_cache: FrameFeatureCache | None = FrameFeatureCache()
         self._last_actor_loss = float("nan")
 
     # --- construction -----------------------------------------------------------------------------
@@ -177,10 +179,16 @@ class VMambaTD3Agent(BaseAgent):
         """base (N, K, Ds), depth (N, K, C, H, W) -> actions (N, A) in environment units; with
         ``explore`` the (N, A) ``noise`` is added to the deterministic action before clipping."""
         base = torch.as_tensor(self._norm_base(obs["base"]), device=self.device)
-        depth = torch.as_tensor(np.asarray(obs["depth"]), device=self.device)
         stream = self._streams_for_actor()
         with eval_mode(stream), self._autocast():
-            a = self.actor(stream(base, depth)).float().cpu().numpy()
+            if self.frame_cache is None:
+                ctx = stream(base, torch.as_tensor(np.asarray(obs["depth"]), device=self.device))
+            else:
+                v = self.frame_cache.features(
+                    stream.visual, obs["depth"], self.device, self.weights_generation
+                )
+                ctx = stream.from_features(base, v)
+            a = self.actor(ctx).float().cpu().numpy()
         if explore and noise is not None:
             a = a + noise
         if not np.all(np.isfinite(a)):
@@ -319,6 +327,7 @@ class VMambaTD3Agent(BaseAgent):
     def update(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
         """One TD3 update on a tensor batch (:meth:`batch_to_tensors` output)."""
         self.total_it += 1
+        self.weights_generation += 1
         base, depth, index = b["base"], b["depth_state"], b["index_state"]
         target_q = self.compute_target(
             b["next_base"], b["depth_next"], b["reward"], b["terminated"], b["index_next"], b["discount"]
@@ -381,6 +390,8 @@ class VMambaTD3Agent(BaseAgent):
             soft_update(self.actor_stream_target, self.actor_stream, self.tau)
 
     def extra_state(self) -> dict[str, Any]:
+        if self.frame_cache is not None:
+            self.frame_cache.clear()  # a resumed run starts with an empty cache; so does this one
         return {
             "ou_noise": self.ou_noise.state_dict(),
             "noise_gen": self._noise_gen.get_state(),

@@ -7,6 +7,9 @@ one side (actor or critic): depth + base sequences -> context, i.e. the spec's `
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -178,6 +181,11 @@ class EncoderStream(nn.Module):
         v = self.visual(depth)  # (B, K, Dv) or (U, Dv)
         if frame_index is not None:
             v = v[frame_index]  # (B, K, Dv); the gather's backward sums the shared frames' gradients
+        return self.from_features(base, v, return_all)
+
+    def from_features(self, base: torch.Tensor, v: torch.Tensor, return_all: bool = False):
+        """base (B, K, Ds) + per-frame visual features v (B, K, Dv) -> context (B, Dh): the stream after
+        its visual encoder (``forward`` without the image part)."""
         s = self.state(base.float())  # (B, K, Dsf)
         ctx, w = self.mamba(v, s, return_weights=True) if return_all else (self.mamba(v, s), None)
         if self.base_skip:
@@ -185,3 +193,64 @@ class EncoderStream(nn.Module):
         if not return_all:
             return ctx
         return {"visual": v, "state": s, "context": ctx, "attention": w}
+
+
+class FrameFeatureCache:
+    """Visual features of the frames in the last acting call, reused while the encoder is unchanged.
+
+    A K-step window shares K - 1 frames with the same environment's previous window, so an acting
+    call re-encodes frames it has just encoded. While the weights stay the same (evaluation, a Ray
+    worker between weight broadcasts, collection between updates) their features are the same too,
+    and only new frames need the encoder; repeated frames within a call (the padding at an
+    episode's start) are encoded once. Frames are matched by their bytes. The caller passes a
+    ``generation`` that changes whenever it changes the weights (the agents count updates and loads:
+    the fused Adam step writes parameters without bumping their version counters); an in-place edit
+    of a parameter outside the agent also empties the cache, through those counters. While training
+    updates the weights every step this is the plain forward. A cached feature may differ from a
+    freshly batched one by float rounding (about 1e-7; the encoder's kernels are not
+    batch-invariant), so ``clear()`` before a checkpoint keeps resumed runs bit-exact.
+    """
+
+    def __init__(self) -> None:
+        self._weights: tuple | None = None
+        self._features: dict[bytes, torch.Tensor] = {}  # frame bytes -> (Dv,) feature
+        self.encoded = 0  # frames passed to the encoder, for tests and benchmarks
+        self.reused = 0  # frames served from the cache
+
+    def clear(self) -> None:
+        self._weights, self._features = None, {}
+
+    @staticmethod
+    def _weights_key(visual: nn.Module) -> tuple:
+        return tuple((id(t), t._version) for t in itertools.chain(visual.parameters(), visual.buffers()))
+
+    def features(
+        self, visual: nn.Module, depth: np.ndarray, device: torch.device, generation: int
+    ) -> torch.Tensor:
+        """depth (N, K, C, H, W) uint8 frames -> visual features (N, K, Dv) from ``visual``."""
+        depth = np.ascontiguousarray(depth)
+        n, k = depth.shape[:2]
+        frames = depth.reshape(n * k, *depth.shape[2:])
+        key = (generation, self._weights_key(visual))
+        if key != self._weights:
+            self._weights, self._features = key, {}
+        slots: dict[bytes, int] = {}  # frame bytes -> row of `rows` in this call
+        index = np.empty(n * k, np.int64)
+        new: list[int] = []
+        keys = [frame.tobytes() for frame in frames]
+        for i, b in enumerate(keys):
+            if b not in slots:
+                slots[b] = len(slots)
+                if b not in self._features:
+                    new.append(i)
+            index[i] = slots[b]
+        if new:
+            fresh = visual(torch.as_tensor(frames[new], device=device))  # (U_new, Dv)
+            for j, i in enumerate(new):
+                self._features[keys[i]] = fresh[j]
+        self.encoded += len(new)
+        self.reused += len(slots) - len(new)
+        # keep only this call's frames: the next window of each environment shares K - 1 of them
+        self._features = {b: self._features[b] for b in slots}
+        rows = torch.stack(list(self._features.values()))  # (U, Dv), in slot order
+        return rows[torch.as_tensor(index, device=device)].view(n, k, -1)
