@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from vmamba_rl.agents.vmamba_td3 import make_agent
+from vmamba_rl.agents import make_agent
 from vmamba_rl.collector import LocalCollector, env_fns
 from vmamba_rl.config import make_config
 from vmamba_rl.envs.make import make_env

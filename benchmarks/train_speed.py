@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from vmamba_rl.agents.vmamba_td3 import make_agent
+from vmamba_rl.agents import make_agent
 from vmamba_rl.config import make_config
 from vmamba_rl.envs.wrappers import SequenceHistory
 from vmamba_rl.runtime import configure_cpu, cpu_model

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY_SAC, tiny_config
-from vmamba_rl.agents.vmamba_td3 import make_agent
+from vmamba_rl.agents import make_agent
 from vmamba_rl.callbacks import Callback
 from vmamba_rl.collector import LocalCollector, env_fns, episode_record
 from vmamba_rl.config import make_config

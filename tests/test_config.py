@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vmamba_rl.cli import main
-from vmamba_rl.config import PRESETS, Config, ConfigError, make_config, parse_config
+from vmamba_rl.config import CPU_SIZES, SMALL_BUDGET_TD3, Config, ConfigError, make_config, parse_config
 
 
 def test_defaults_are_the_spec_values():
@@ -24,22 +24,35 @@ def test_defaults_are_the_spec_values():
     assert cfg.vmamba_temporal_layers == 1 and cfg.vmamba_num_heads == 4
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+# The VMamba-TD3 document's three configurations, as its command lines give them.
+DOCUMENT_COMMANDS = {
+    "light": "--vmamba_hidden_dim 64 --vmamba_num_vss_blocks 2 2 4 2 --feature_dim 128 "
+    "--state_feature_dim 128 --hidden_dim 256 --batch_size 128 --seq_len 4 --max_timesteps 100000",
+    "standard": "--vmamba_hidden_dim 96 --vmamba_num_vss_blocks 2 2 6 2 --feature_dim 256 "
+    "--state_feature_dim 256 --hidden_dim 512 --batch_size 64 --seq_len 4 --max_timesteps 500000 "
+    "--actor_lr 3e-4 --critic_lr 5e-4",
+    "heavy": "--vmamba_hidden_dim 128 --vmamba_num_vss_blocks 2 2 9 2 --feature_dim 512 "
+    "--state_feature_dim 512 --hidden_dim 1024 --batch_size 32 --seq_len 8 --vmamba_temporal_layers 2 "
+    "--max_timesteps 1000000 "
+    "--actor_lr 1e-4 --critic_lr 2e-4",
+}
+
+
+@pytest.mark.parametrize("name", list(DOCUMENT_COMMANDS))
 def test_presets_resolve_to_documented_values(name):
-    cfg = make_config(name)
-    for k, v in PRESETS[name].items():
-        assert getattr(cfg, k) == v, k
+    """--preset NAME sets exactly what the document's command line for it sets, every other option alike."""
+    preset = make_config(name).to_dict()
+    documented = parse_config(DOCUMENT_COMMANDS[name].split()).to_dict()
+    preset.pop("preset"), documented.pop("preset")
+    assert preset == documented
 
 
-def test_spec_presets():
-    heavy = make_config("heavy")
-    assert (
-        heavy.vmamba_num_vss_blocks == [2, 2, 9, 2]
-        and heavy.seq_len == 8
-        and heavy.vmamba_temporal_layers == 2
-    )
-    std = make_config("standard")
-    assert std.vmamba_hidden_dim == 96 and std.actor_lr == 3e-4 and std.critic_lr == 5e-4
+def test_cpu_preset_is_its_sizes_plus_the_small_budget_recipe():
+    cpu, plain = make_config("cpu"), make_config()
+    for name, value in {**CPU_SIZES, **SMALL_BUDGET_TD3}.items():
+        assert getattr(cpu, name) == value, name
+    for name, value in SMALL_BUDGET_TD3.items():
+        assert getattr(plain, name) != value, name  # each recipe entry changes the design's TD3
 
 
 def test_explicit_flags_override_preset():
@@ -123,3 +136,45 @@ def test_info_counts_match_a_direct_count(capsys):
     assert rows["agent, online (trainable)"] == online
     assert rows["agent, with target copies"] == 2 * online
     assert "MFLOPs" in out
+
+
+def test_every_train_option_has_help_text():
+    import argparse
+
+    from vmamba_rl.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    train = sub.choices["train"]
+    flags = [a for a in train._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) > 70
+    missing = [a.option_strings[0] for a in flags if not a.help or a.help.startswith(" (default")]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "command, names",
+    [
+        ("visualize", ["attention.png", "attention_heads.png", "features.png", "rollout.gif", "summary.json"]),  # noqa: E501
+        ("eval", ["eval.json", "eval_episodes.csv"]),
+        ("train", ["config.json", "episodes.csv", "checkpoint.pt", "best.pt"]),
+    ],
+)
+def test_each_subcommand_help_says_what_it_writes(command, names, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in names:
+        assert name in text, name
+
+
+def test_a_config_saved_under_an_old_option_name_still_loads():
+    data = make_config("hope").to_dict()
+    data["sac"]["sac_update_every"] = data["sac"].pop("sac_target_update_interval") + 2
+    assert Config.from_dict(data).sac_target_update_interval == 3
+
+
+def test_the_duplicate_no_save_buffer_flag_is_gone(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--no_save_buffer"])
+    assert e.value.code == 2 and "--no_save_buffer" in capsys.readouterr().err
+    assert parse_config(["--no-save_buffer"]).save_buffer is False

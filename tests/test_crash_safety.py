@@ -249,7 +249,7 @@ def test_json_outputs_are_strict():
 
 
 def test_amp_on_a_cpu_warns_that_it_is_off():
-    from vmamba_rl.agents.vmamba_td3 import make_agent
+    from vmamba_rl.agents import make_agent
     from vmamba_rl.envs.make import make_env
 
     cfg = tiny_config(amp="fp16", device="cpu", scan_backend="chunked")

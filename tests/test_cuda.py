@@ -1,6 +1,7 @@
 """CUDA paths: the scan on the GPU, mixed precision, gradient checkpointing, GPU-trained checkpoints.
 
-These need a CUDA GPU and are skipped without one (CI has none); they ran on an H200 (README "Speed").
+These need a CUDA GPU and are skipped without one (CI has none); they ran on an H200
+(docs/benchmarks.md, "GPU first look").
 Each ties the GPU result to the CPU result or to the fp32 result of the same computation.
 """
 
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 from conftest import TINY_SAC, tiny_config
-from vmamba_rl.agents.vmamba_td3 import VMambaTD3Agent, make_agent
+from vmamba_rl.agents import make_agent
+from vmamba_rl.agents.vmamba_td3 import VMambaTD3Agent
 from vmamba_rl.cli import main
 from vmamba_rl.models.vmamba import VMambaRLTiny
 from vmamba_rl.ops.selective_scan import selective_scan_fn

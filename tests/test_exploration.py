@@ -123,7 +123,7 @@ def test_state_mismatch_errors():
         OUNoise(2, theta=0.0)
 
 
-def test_gaussian_noise():
+def test_gaussian_noise_is_independent_scheduled_and_reset_keeps_its_stream():
     noise = GaussianNoise(2, sigma=0.1, seed=0)
     xs = _draw(noise, 20_000)
     assert xs.dtype == np.float32 and xs.shape == (20_000, 2)
@@ -133,7 +133,17 @@ def test_gaussian_noise():
     assert noise.sigma == 0.1  # no sigma_min given: constant
     decaying = GaussianNoise(2, sigma=0.1, seed=0, sigma_min=0.02)
     assert decaying.scale_sigma(0.5) == pytest.approx(0.06)
-    noise.reset()  # no-op, but part of the interface
+    # reset starts an episode: Gaussian noise has no state across steps, so the draws go on exactly as
+    # without it, at the scheduled sigma (reset must not restart the generator or the schedule)
+    a, b = (
+        GaussianNoise(2, sigma=0.1, seed=3, sigma_min=0.02),
+        GaussianNoise(2, sigma=0.1, seed=3, sigma_min=0.02),
+    )
+    a.scale_sigma(0.5), b.scale_sigma(0.5)
+    _draw(a, 5), _draw(b, 5)
+    a.reset()
+    np.testing.assert_array_equal(_draw(a, 50), _draw(b, 50))
+    assert a.sigma == b.sigma == pytest.approx(0.06)
 
 
 def test_same_seed_same_noise():

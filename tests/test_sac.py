@@ -237,7 +237,7 @@ def test_one_update_against_hand_computation(fusion: str) -> None:
 
 
 def test_target_update_interval() -> None:
-    agent = _agent(sac_update_every=2)
+    agent = _agent(sac_target_update_interval=2)
     batch = _window_batch(agent.observation_space, 8, 1)
     before = copy.deepcopy(agent.critic_target.state_dict())
     agent.update(batch)

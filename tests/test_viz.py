@@ -164,7 +164,7 @@ SAC_TINY = dict(TINY_SAC, level="easy")
 
 def _sac_checkpoint(tmp: Path, fusion: str) -> Path:
     """An (untrained) hope_sac Parking-v0 checkpoint: the rollout path is what is under test here."""
-    from vmamba_rl.agents.vmamba_td3 import make_agent
+    from vmamba_rl.agents import make_agent
     from vmamba_rl.training import make_env
 
     cfg = make_config("hope", **SAC_TINY, fusion=fusion)

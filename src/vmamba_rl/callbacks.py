@@ -29,14 +29,13 @@ import numpy as np
 
 from vmamba_rl.agents.base import NonFiniteError
 from vmamba_rl.checkpoint import atomic_torch_save
-from vmamba_rl.evaluation import METRIC_KEYS, evaluate
+from vmamba_rl.evaluation import EVAL_SEED, METRIC_KEYS, evaluate
 
 if TYPE_CHECKING:
     from vmamba_rl.collector import CollectResult
     from vmamba_rl.training import Trainer
 
 BEST = "best.pt"
-EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED + seed, +1, ...: disjoint from training's
 
 EPISODE_FIELDS = [
     "step", "episode", "env", "return", "length", "success", "collision", "out_of_bounds", "timeout",

@@ -8,12 +8,14 @@ renamed, so a kill at any moment leaves either the old file or the new one, neve
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 FORMAT = "vmamba-rl-checkpoint"
@@ -131,3 +133,35 @@ def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], w
             + " | ".join(parts)
         )
     module.load_state_dict(state)
+
+
+def generator_state(rng: np.random.Generator) -> list[int]:
+    """A numpy PCG64 generator's state as 6 unsigned 64-bit words: the 128-bit state and increment
+    split in halves, then ``has_uint32`` and ``uinteger``. The one format every checkpointed generator
+    uses: plain ints for ``torch.load(weights_only=True)``, a uint64 array in ``np.savez``."""
+    state = rng.bit_generator.state
+    if state["bit_generator"] != "PCG64":
+        raise ValueError(f"only PCG64 generators can be saved, got {state['bit_generator']}")
+    mask = (1 << 64) - 1
+    s, inc = int(state["state"]["state"]), int(state["state"]["inc"])
+    words = [s >> 64, s & mask, inc >> 64, inc & mask, int(state["has_uint32"]), int(state["uinteger"])]
+    return words
+
+
+def set_generator_state(rng: np.random.Generator, state: Any) -> None:
+    """Restore :func:`generator_state` words into ``rng``; also reads the forms older checkpoints hold
+    (the ``bit_generator.state`` dict, or its JSON text)."""
+    if isinstance(state, str):
+        state = json.loads(state)
+    if isinstance(state, dict):
+        rng.bit_generator.state = dict(state)
+        return
+    w = [int(v) for v in np.asarray(state, dtype=np.uint64).reshape(-1)]
+    if len(w) != 6:
+        raise ValueError(f"a generator state holds 6 uint64 words, got {len(w)}")
+    rng.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
+        "has_uint32": w[4],
+        "uinteger": w[5],
+    }

@@ -8,43 +8,74 @@ import sys
 from pathlib import Path
 
 from vmamba_rl.config import ConfigError, add_config_arguments, config_from_namespace
+from vmamba_rl.evaluation import EVAL_SEED, SCORE_SEED
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vmamba-rl", description="VMamba-TD3 and HOPE-style SAC for navigation")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train an agent (default: VMamba-TD3, cpu preset, DroneNav-v0)")
+    t = sub.add_parser(
+        "train",
+        help="train an agent (default: VMamba-TD3, cpu preset, DroneNav-v0)",
+        description="Train an agent. Writes a run folder <log_dir>/<run_name>/: config.json, episodes.csv, "
+        "updates.csv, eval.csv, TensorBoard events, checkpoint.pt with its replay-<step>.npz, and best.pt "
+        "(the agent of the best periodic evaluation).",
+    )
     add_config_arguments(t)
     t.add_argument(
         "--resume", metavar="RUN_DIR", default=None, help="continue a run from its last checkpoint"
     )
-    t.add_argument(
-        "--no_save_buffer", action="store_true", help="do not save the replay buffer with checkpoints"
-    )
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint",
+        description="Play a checkpoint deterministically and print success, collision, out-of-bounds and "
+        "timeout rates and returns. Writes eval.json and eval_episodes.csv to --out (default: the "
+        "checkpoint's folder).",
+    )
     e.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder")
     e.add_argument("--episodes", type=_positive, default=20, help="evaluation episodes (>= 1)")
     e.add_argument("--level", default=None)
     e.add_argument("--env_name", default=None, help="evaluate in another environment with the same spaces")
-    e.add_argument("--seed", type=int, default=10_000)
+    e.add_argument(
+        "--seed", type=int, default=SCORE_SEED,
+        help=f"first episode seed (default {SCORE_SEED}: not among the training loop's evaluation episodes)",
+    )  # fmt: skip
     e.add_argument("--out", default=None, help="folder for eval.json and eval_episodes.csv")
 
-    i = sub.add_parser("info", help="parameter counts and FLOPs for a preset / flags")
+    i = sub.add_parser(
+        "info",
+        help="parameter counts and FLOPs for a preset / flags",
+        description="Print the parameter counts and FLOPs of the configured networks; writes nothing.",
+    )
     add_config_arguments(i)
     i.add_argument("--image_size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
 
-    v = sub.add_parser("visualize", help="attention / feature figures and a rollout video of a checkpoint")
+    v = sub.add_parser(
+        "visualize",
+        help="attention / feature figures and a rollout video of a checkpoint",
+        description="Play episodes of a checkpoint and write to --out: attention.png and attention_heads.png "
+        "(cross-attention over the K history slots, or the fusion's attention over modalities), "
+        "features.png (the evolution of visual, state and context features), rollout.gif (and .mp4 with "
+        "imageio-ffmpeg), rollout_frame.png, episodes.csv, the arrays as .npy / .npz and summary.json.",
+    )
     v.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder")
     v.add_argument("--episodes", type=int, default=1)
     v.add_argument("--out", default=None, help="output folder (default: <run folder>/viz)")
     v.add_argument("--fps", type=float, default=8.0)
     v.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"), help="video frame")
     v.add_argument("--max_steps", type=int, default=None, help="truncate episodes after N decisions")
-    v.add_argument("--seed", type=int, default=None, help="first episode seed (default: 10000 + run seed)")
+    v.add_argument(
+        "--seed", type=int, default=None, help=f"first episode seed (default: {EVAL_SEED} + run seed)"
+    )
 
-    pl = sub.add_parser("plot", help="learning curves (mean and spread across seeds) from run folders")
+    pl = sub.add_parser(
+        "plot",
+        help="learning curves (mean and spread across seeds) from run folders",
+        description="Read the runs' eval.csv and write one figure (--out) of evaluation success and return, "
+        "mean and spread over the runs.",
+    )
     pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     pl.add_argument("--out", required=True, help="figure file, e.g. curves.png")
     return p
@@ -75,6 +106,7 @@ RESUME_FLAGS = (
     "save_interval",
     "progress",
     "log_interval",
+    "save_buffer",
 )
 
 
@@ -135,8 +167,6 @@ def cmd_train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> int:
     else:
         cfg = _resolve(parser, ns)
         run_dir = None
-    if ns.no_save_buffer:
-        cfg.set("save_buffer", False)
     try:  # building the run from the user's values: environment, sizes, device, folder
         trainer = Trainer(cfg, run_dir=run_dir, resume=resume)
     except SimulatorConnectionError as err:  # (an OSError too) the simulator is not reachable
@@ -169,7 +199,7 @@ def _positive(text: str) -> int:
 def cmd_eval(ns: argparse.Namespace) -> int:
     import gymnasium as gym
 
-    from vmamba_rl.agents.vmamba_td3 import make_agent
+    from vmamba_rl.agents import make_agent
     from vmamba_rl.checkpoint import CheckpointError, safe_torch_load
     from vmamba_rl.config import Config
     from vmamba_rl.evaluation import evaluate, format_table

@@ -99,7 +99,7 @@ class CollectionWorker:
     def __init__(self, cfg_json: str, index: int, overrides: dict[str, Any] | None) -> None:
         import torch
 
-        from vmamba_rl.agents.vmamba_td3 import make_agent
+        from vmamba_rl.agents import make_agent
         from vmamba_rl.config import Config
 
         torch.set_num_threads(1)

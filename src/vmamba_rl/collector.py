@@ -36,6 +36,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from vmamba_rl.checkpoint import generator_state, set_generator_state
 from vmamba_rl.envs.make import last_frames
 from vmamba_rl.replay import NonFiniteTransitionError
 
@@ -303,10 +304,10 @@ class LocalCollector(Collector):
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Generators, noise, and each open episode's seed and actions (plain values, JSON text)."""
+        """Generators (uint64 words), noise, and each open episode's seed and actions (plain values)."""
         return {
-            "rng": json.dumps(self.rng.bit_generator.state),
-            "action_space_rngs": json.dumps([sp.np_random.bit_generator.state for sp in self.action_spaces]),
+            "rng": generator_state(self.rng),
+            "action_space_rngs": [generator_state(sp.np_random) for sp in self.action_spaces],
             "noises": [n.state_dict() if n is not None else None for n in self.noises],
             "open": [
                 None
@@ -321,9 +322,12 @@ class LocalCollector(Collector):
         }
 
     def load_state_dict(self, state: dict[str, Any], agent: Any) -> None:
-        self.rng.bit_generator.state = json.loads(state["rng"])
-        for sp, st in zip(self.action_spaces, json.loads(state["action_space_rngs"]), strict=True):
-            sp.np_random.bit_generator.state = st
+        set_generator_state(self.rng, state["rng"])
+        spaces = state["action_space_rngs"]
+        if isinstance(spaces, str):  # older checkpoints: one JSON text for the list
+            spaces = json.loads(spaces)
+        for sp, st in zip(self.action_spaces, spaces, strict=True):
+            set_generator_state(sp.np_random, st)
         for n, st in zip(self.noises, state["noises"], strict=True):
             if n is not None and st is not None:
                 n.load_state_dict(st)

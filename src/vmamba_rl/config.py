@@ -20,121 +20,229 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the flag and the allowed values."""
 
 
+ALGORITHMS = ("vmamba_td3", "td3", "hope_sac")
+SCAN_BACKENDS = ("auto", "reference", "chunked", "cpu")
+FUSIONS = ("mlp", "attention")
+IMAGE_ENCODERS = ("cnn", "vmamba")
+AMP_MODES = ("off", "bf16", "fp16")
+CRITIC_NORMS = ("joint", "state")
+VECTOR_MODES = ("sync", "async")
+
+
+def opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, parse: Any = None) -> Any:
+    """One option's home: its default, help text, allowed values (``choices``, checked by
+    :func:`validate`) and how the command line parses it when the default does not say (``parse``: a
+    type for None defaults, ``"str_list"`` for a list of strings, ``"json"`` for a JSON object,
+    ``"json_list"`` for several). The CLI flag, its ``--help`` line and the allowed-values check
+    derive from it."""
+    meta = {"help": help, "choices": choices, "parse": parse}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class VMambaConfig:
     """The visual encoder (VMambaRLTiny) and the sequence encoder (TemporalMamba, CrossAttention)."""
 
     # Spec default is 16, but its data-flow section puts stage 1 at H/4; the stem stride wins here
-    # (see README "Deviations"): patch 4 = VMamba's two stride-2 3x3 convs.
-    vmamba_patch_size: int = 4
-    vmamba_hidden_dim: int = 64
-    vmamba_num_vss_blocks: list[int] = field(default_factory=lambda: [2, 2, 4, 2])
-    vmamba_drop_path_rate: float = 0.1
-    vmamba_layer_scale_init: float = 1e-6  # 0 disables LayerScale (the official VMamba has none)
-    vmamba_ssm_d_state: int = 16
-    vmamba_ssm_ratio: float = 2.0
-    vmamba_mlp_ratio: float = 4.0
-    vmamba_temporal_layers: int = 1
-    vmamba_num_heads: int = 4
-    vmamba_use_checkpoint: bool = False
-    vmamba_input_adapter: bool = False  # optional 1x1 conv in_chans -> 3 (spec's InputAdapter)
-    scan_backend: str = "auto"
-    feature_dim: int = 128
-    state_feature_dim: int = 128
-    hidden_dim: int = 256
+    # (see docs/deviations.md): patch 4 = VMamba's two stride-2 3x3 convs.
+    vmamba_patch_size: int = opt(
+        4, "stem stride: 4 = two stride-2 3x3 convs (VMamba v2), other powers of 2 = one conv"
+    )
+    vmamba_hidden_dim: int = opt(
+        64, "channels of the VMamba encoder's first stage (doubled at each of the 4 stages)"
+    )
+    vmamba_num_vss_blocks: list[int] = opt([2, 2, 4, 2], "VSS blocks in each of the 4 stages")
+    vmamba_drop_path_rate: float = opt(0.1, "stochastic-depth rate of the VSS blocks (in [0, 1))")
+    vmamba_layer_scale_init: float = opt(1e-6, "initial LayerScale gamma in VSS blocks; 0 disables it")
+    vmamba_ssm_d_state: int = opt(16, "state size of each selective-scan channel (VMamba v2 uses 1)")
+    vmamba_ssm_ratio: float = opt(2.0, "SS2D inner channels as a multiple of the block's channels")
+    vmamba_mlp_ratio: float = opt(4.0, "hidden width of the VSS blocks' MLP as a multiple of their channels")
+    vmamba_temporal_layers: int = opt(1, "TemporalMamba layers over the K-step sequence (0 = none)")
+    vmamba_num_heads: int = opt(4, "CrossAttention heads (must divide --hidden_dim)")
+    vmamba_use_checkpoint: bool = opt(
+        False, "gradient checkpointing in the VSS blocks (less memory, more compute)"
+    )
+    vmamba_input_adapter: bool = opt(False, "a 1x1 conv from the depth channels to 3 before the stem")
+    scan_backend: str = opt("auto", "selective-scan implementation", choices=SCAN_BACKENDS)
+    feature_dim: int = opt(128, "visual feature size per frame (Dv)")
+    state_feature_dim: int = opt(128, "StateMLP output size per step (Dsf)")
+    hidden_dim: int = opt(256, "fusion / temporal / context width (Dh) and the heads' hidden width")
 
 
 @dataclass
 class TD3Config:
     """TD3 and the exploration noise."""
 
-    actor_lr: float = 5e-4
-    critic_lr: float = 1e-3
-    gamma: float = 0.99
-    tau: float = 0.005
-    policy_noise: float = 0.2
-    noise_clip: float = 0.2
-    policy_freq: int = 2
-    ou_theta: float = 0.15
-    ou_sigma: float = 0.2
-    ou_sigma_min: float = 0.01
-    grad_clip: float = 10.0
-    actor_reg: float = 0.0  # weight of mean(pre-tanh action^2) in the actor loss; 0 = the spec's TD3
-    normalize_base: bool = False  # running mean/std of the base vector; False = the spec (raw base)
-    share_encoder: bool = False  # ablation: one encoder, critic trains it, actor reads detached features
-    critic_norm: str = "joint"  # critic input LayerNorm: "joint" = the spec's over [context, action]
-    base_skip: bool = False  # append the newest base vector to the context the heads read
-    cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # td3 baseline's CNN
+    actor_lr: float = opt(5e-4, "TD3 actor learning rate (Adam)")
+    critic_lr: float = opt(1e-3, "TD3 critic learning rate (Adam)")
+    gamma: float = opt(0.99, "discount factor")
+    tau: float = opt(0.005, "soft-update rate of the target networks")
+    policy_noise: float = opt(0.2, "std of the target-policy smoothing noise (TD3)")
+    noise_clip: float = opt(0.2, "clip of the target-policy smoothing noise (TD3)")
+    policy_freq: int = opt(2, "critic updates per actor and target update (TD3's delay)")
+    ou_theta: float = opt(0.15, "mean reversion of the Ornstein-Uhlenbeck exploration noise")
+    ou_sigma: float = opt(0.2, "initial scale of the OU exploration noise")
+    ou_sigma_min: float = opt(0.01, "final scale of the OU noise (linear decay over --max_timesteps)")
+    grad_clip: float = opt(10.0, "gradient-norm clip per network group")
+    actor_reg: float = opt(
+        0.0, "L2 penalty on the actor's pre-tanh output (keeps TD3 off the corners of the action box)"
+    )
+    normalize_base: bool = opt(False, "td3 / vmamba_td3: running mean/std normalisation of the base vector")
+    share_encoder: bool = opt(
+        False, "one encoder for actor and critic (critic trains it, actor reads detached features)"
+    )
+    critic_norm: str = opt(
+        "joint",
+        "critic input LayerNorm: joint (the spec: over context and action together) or state (context "
+        "only, action appended raw)",
+        choices=CRITIC_NORMS,
+    )
+    base_skip: bool = opt(
+        False, "td3 / vmamba_td3: the heads also read the newest base vector directly (skip connection)"
+    )
+    cnn_channels: list[int] = opt(
+        [32, 64, 64], "td3 baseline / SAC CNN: channels of the stride-2 conv layers"
+    )
 
 
 @dataclass
 class SACConfig:
     """HOPE-style multimodal SAC (second document)."""
 
-    sac_actor_lr: float = 3e-4
-    sac_critic_lr: float = 3e-4
-    sac_alpha_lr: float = 3e-4
-    sac_init_alpha: float = 0.2
-    sac_target_entropy: float | None = None  # None = -|A|
-    embed_size: int = 128
-    fusion: str = "mlp"
-    fusion_hidden: int = 256
-    attention_heads: int = 8
-    attention_dim_head: int = 32
-    attention_depth: int = 1
-    attention_ff_dim: int = 128
-    actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    image_encoder: str = "cnn"
-    normalize_keys: list[str] | None = None  # None = every vector modality
-    modalities: list[str] | None = None  # observation keys the agent reads; None = all (HOPE's USE_IMG...)
-    sac_update_every: int = 1
+    sac_actor_lr: float = opt(3e-4, "hope_sac actor learning rate")
+    sac_critic_lr: float = opt(3e-4, "hope_sac critic learning rate")
+    sac_alpha_lr: float = opt(3e-4, "hope_sac temperature learning rate")
+    sac_init_alpha: float = opt(0.2, "hope_sac initial temperature")
+    sac_target_entropy: float | None = opt(
+        None, "hope_sac entropy target (default: -action dimensions)", parse=float
+    )
+    embed_size: int = opt(128, "hope_sac embedding size per modality")
+    fusion: str = opt("mlp", "hope_sac fusion of the modality embeddings: mlp or attention", choices=FUSIONS)
+    fusion_hidden: int = opt(256, "hope_sac fusion output width")
+    attention_heads: int = opt(8, "hope_sac attention fusion: heads")
+    attention_dim_head: int = opt(32, "hope_sac attention fusion: width per head")
+    attention_depth: int = opt(1, "hope_sac attention fusion: transformer layers")
+    attention_ff_dim: int = opt(128, "hope_sac attention fusion: feed-forward width")
+    actor_hidden: list[int] = opt([256, 256], "hope_sac actor MLP widths")
+    critic_hidden: list[int] = opt([256, 256], "hope_sac critic MLP widths")
+    image_encoder: str = opt("cnn", "hope_sac image embedding: cnn or vmamba", choices=IMAGE_ENCODERS)
+    normalize_keys: list[str] | None = opt(
+        None,
+        "hope_sac: observation keys with running mean/std normalisation (default: every vector modality)",
+        parse="str_list",
+    )
+    modalities: list[str] | None = opt(
+        None, "observation keys the agent reads, e.g. lidar target (default: all of them)", parse="str_list"
+    )
+    sac_target_update_interval: int = opt(
+        1, "hope_sac: gradient updates between soft updates of the critic targets"
+    )
 
 
 @dataclass
 class TrainConfig:
     """The off-policy loop: budget, replay, logging, evaluation, checkpoints."""
 
-    algorithm_name: str = "vmamba_td3"
-    env_name: str = "DroneNav-v0"
-    level: str | None = None
-    env_kwargs: dict[str, Any] | None = None  # extra gymnasium.make keywords, JSON on the command line
+    algorithm_name: str = opt("vmamba_td3", "the algorithm", choices=ALGORITHMS)
+    env_name: str = opt(
+        "DroneNav-v0",
+        "Gymnasium id: DroneNav-v0, Parking-v0, AirSimEnv-v42 or any registered Dict-observation id",
+    )
+    level: str | None = opt(
+        None,
+        "environment level (DroneNav: empty/easy/medium/hard; Parking: easy/normal/complex/extreme)",
+        parse=str,
+    )
+    env_kwargs: dict[str, Any] | None = opt(
+        None,
+        'extra environment keywords as JSON, e.g. \'{"max_steps": 100, "image_height": 128}\'',
+        parse="json",
+    )
     # Easier stages trained before the task itself: each a dict of environment keywords over env_kwargs.
-    curriculum: list[dict[str, Any]] | None = None
-    curriculum_threshold: float = 0.7  # training success rate that moves to the next stage
-    curriculum_window: int = 50  # ... over this many of the stage's latest episodes
-    max_timesteps: int = 200000
-    buffer_size: int = 20000
-    batch_size: int = 128
-    seq_len: int = 4
-    replay_segment: int = 1  # transitions per sampled run; > 1 lets TD3 encode shared frames once
-    n_step: int = 1  # n-step TD targets (1 = the spec's one-step TD3 / SAC target)
-    action_repeat: int = 1  # simulator steps per agent decision (1 = the spec: one decision per step)
-    learning_starts: int = 2000
-    updates_per_step: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "off"
-    eval_interval: int = 5000
-    eval_episodes: int = 10
-    save_interval: int = 5000
-    log_dir: str = "runs"
-    run_name: str | None = None
-    save_buffer: bool = True
-    torch_threads: int | None = None
-    progress: bool = True
-    log_interval: int = 100  # updates between rows of updates.csv
+    curriculum: list[dict[str, Any]] | None = opt(
+        None,
+        "easier stages before the task, each a JSON object of environment keywords over --env_kwargs, "
+        "e.g. '{\"goal_wall_margin\": 19}' '{\"goal_wall_margin\": 12}'; the next stage starts once "
+        "the training success rate over --curriculum_window episodes reaches --curriculum_threshold; "
+        "evaluation always runs the task itself",
+        parse="json_list",
+    )
+    curriculum_threshold: float = opt(
+        0.7, "training success rate that moves the curriculum to its next stage"
+    )
+    curriculum_window: int = opt(50, "latest episodes of a curriculum stage that the success rate counts")
+    max_timesteps: int = opt(200000, "agent decisions to train for (summed over environments)")
+    buffer_size: int = opt(20000, "replay capacity in transitions (split evenly over environments)")
+    batch_size: int = opt(128, "windows per gradient update")
+    seq_len: int = opt(4, "K: steps of history the agent reads")
+    replay_segment: int = opt(
+        1,
+        "sample batches as runs of this many consecutive transitions (1 = independent); the TD3 agents "
+        "then encode each distinct frame once, ~(M+K)/M instead of K frames per window",
+    )
+    n_step: int = opt(1, "n-step returns in the critic targets (1 = one-step TD as in the spec)")
+    action_repeat: int = opt(
+        1,
+        "hold each action for this many environment steps, rewards summed (1 = off); --max_timesteps, "
+        "intervals and logs then count agent decisions",
+    )
+    learning_starts: int = opt(2000, "decisions of random actions before the policy acts and updates begin")
+    updates_per_step: float = opt(
+        1.0, "gradient updates per env step after learning_starts (0.25 = one per 4 steps)"
+    )
+    seed: int = opt(0, "seed of networks, replay sampling, noise and episode seeds")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    amp: str = opt("off", "mixed precision on CUDA", choices=AMP_MODES)
+    eval_interval: int = opt(5000, "decisions between periodic evaluations (0 = none)")
+    eval_episodes: int = opt(10, "episodes per periodic evaluation")
+    save_interval: int = opt(5000, "decisions between checkpoints (0 = only at the end)")
+    log_dir: str = opt("runs", "folder that holds the run folders")
+    run_name: str | None = opt(None, "run folder name (default: <algorithm>-<env>-<time>)", parse=str)
+    save_buffer: bool = opt(True, "save the replay buffer with each checkpoint (needed for an exact resume)")
+    torch_threads: int | None = opt(None, "torch CPU threads (default: torch's choice)", parse=int)
+    progress: bool = opt(True, "show a progress bar")
+    log_interval: int = opt(
+        100, "gradient updates between rows of updates.csv and TensorBoard training scalars"
+    )
     # Collection: N local environments (Gymnasium vector env), or Ray workers with their own.
-    num_envs: int = 1
-    vector_mode: str = "sync"
-    ray_workers: int = 0
-    envs_per_worker: int = 1
-    sync_interval: int = 50  # updates between weight broadcasts to the Ray workers
-    ray_address: str | None = None  # None = start a local Ray; "auto" or host:port = join a cluster
-    ray_chunk: int = 32  # decisions per environment in one chunk a worker sends
-    worker_timeout_s: float = 120.0  # a chunk slower than this counts as a dead worker
-    worker_startup_s: float = 600.0  # ... and a worker that takes longer than this to start
-    worker_env_kwargs: list[dict[str, Any]] | None = None  # per-worker environment keywords (AirSim)
+    num_envs: int = opt(
+        1,
+        "local environments stepped together, one batched policy forward for all; --max_timesteps, "
+        "--learning_starts, --updates_per_step and the intervals count decisions summed over all "
+        "environments",
+    )
+    vector_mode: str = opt(
+        "sync",
+        "sync (environments in this process) or async (one subprocess each, for costly steps)",
+        choices=VECTOR_MODES,
+    )
+    ray_workers: int = opt(
+        0,
+        "Ray actors collecting experience, each with --envs_per_worker environments and a CPU copy of "
+        "the policy (0 = local collection; needs pip install -e '.[ray]')",
+    )
+    envs_per_worker: int = opt(1, "environments per Ray worker")
+    sync_interval: int = opt(50, "gradient updates between weight broadcasts to the Ray workers")
+    ray_address: str | None = opt(
+        None, "Ray cluster to join (auto or host:port); default: start a local Ray", parse=str
+    )
+    ray_chunk: int = opt(32, "decisions per environment in each chunk a Ray worker sends")
+    worker_timeout_s: float = opt(
+        120.0, "a Ray worker whose chunk takes longer is treated as dead and restarted"
+    )
+    worker_startup_s: float = opt(
+        600.0,
+        "a Ray worker that takes longer to start (import, connect to its simulator) is treated as dead "
+        "and restarted",
+    )
+    worker_env_kwargs: list[dict[str, Any]] | None = opt(
+        None,
+        'per-worker environment keywords over --env_kwargs, one JSON object per worker, e.g. \'{"ip": '
+        '"10.0.0.2"}\' \'{"ip": "10.0.0.3"}\' (a simulator each)',
+        parse="json_list",
+    )
 
 
 @dataclass
@@ -179,6 +287,7 @@ class Config:
         cfg = cls(preset=data.get("preset"))
         for section in SECTIONS:
             for name, value in data.get(section, {}).items():
+                name = RENAMED.get(name, name)
                 if name not in FLAG_SECTION:
                     raise ConfigError(f"unknown option {name!r} in saved config section {section!r}")
                 cfg.set(name, value)
@@ -187,6 +296,8 @@ class Config:
 
 
 SECTIONS = ("vmamba", "td3", "sac", "train")
+# old option names -> new, so configs saved under the old name still load
+RENAMED = {"sac_update_every": "sac_target_update_interval"}
 _SECTION_TYPES = {"vmamba": VMambaConfig, "td3": TD3Config, "sac": SACConfig, "train": TrainConfig}
 
 
@@ -198,16 +309,44 @@ FLAG_SECTION: dict[str, str] = {
     name: section for section, cls in _SECTION_TYPES.items() for name in _field_names(cls)
 }
 
-ALGORITHMS = ("vmamba_td3", "td3", "hope_sac")
-SCAN_BACKENDS = ("auto", "reference", "chunked", "cpu")
-FUSIONS = ("mlp", "attention")
-IMAGE_ENCODERS = ("cnn", "vmamba")
-AMP_MODES = ("off", "bf16", "fp16")
-CRITIC_NORMS = ("joint", "state")
-VECTOR_MODES = ("sync", "async")
+
+# The cpu preset's network sizes. VMamba v2's d_state 1 / ratio 1 (as accurate, far faster); patch 8
+# puts 8x8 tokens on a 64x64 frame; chosen with benchmarks/encoder.py and benchmarks/train_speed.py on
+# the 2-core CPU.
+CPU_SIZES: dict[str, Any] = dict(
+    vmamba_patch_size=8,
+    vmamba_hidden_dim=16,
+    vmamba_num_vss_blocks=[1, 1, 1, 1],
+    vmamba_ssm_d_state=1,
+    vmamba_ssm_ratio=1.0,
+    vmamba_mlp_ratio=2.0,
+    vmamba_drop_path_rate=0.0,
+    vmamba_num_heads=2,
+    feature_dim=64,
+    state_feature_dim=32,
+    hidden_dim=128,
+    batch_size=64,
+    seq_len=4,
+    replay_segment=8,  # ~2x updates/s: runs of 8 windows share frames (benchmarks/train_speed.py)
+)
+
+# The small-budget TD3 recipe (docs/results.md, "Findings"): at a few thousand updates the design's
+# actor stream, trained only by the policy gradient, collapses to one action for every state. The cpu
+# preset carries it; the learning tests reuse it.
+SMALL_BUDGET_TD3: dict[str, Any] = dict(
+    share_encoder=True,
+    critic_norm="state",
+    base_skip=True,
+    actor_reg=0.1,
+    actor_lr=1e-4,
+    tau=0.01,
+    gamma=0.98,
+    n_step=5,
+    normalize_base=True,
+)
 
 # Presets: the spec's three configurations, a CPU preset sized by measurement on a 2-core machine
-# (README "Presets"), and HOPE's own SAC hyperparameters.
+# (docs/design.md, "Presets"), and HOPE's own SAC hyperparameters.
 PRESETS: dict[str, dict[str, Any]] = {
     "light": dict(
         vmamba_hidden_dim=64,
@@ -244,38 +383,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         actor_lr=1e-4,
         critic_lr=2e-4,
     ),
-    # VMamba v2's d_state 1 / ratio 1 (as accurate, far faster); patch 8 puts 8x8 tokens on a 64x64
-    # frame; sizes chosen with benchmarks/encoder.py and benchmarks/train_speed.py on the 2-core CPU.
+    # the sizes, the small-budget TD3 recipe and a 6,000-decision demonstration budget
     "cpu": dict(
-        vmamba_patch_size=8,
-        vmamba_hidden_dim=16,
-        vmamba_num_vss_blocks=[1, 1, 1, 1],
-        vmamba_ssm_d_state=1,
-        vmamba_ssm_ratio=1.0,
-        vmamba_mlp_ratio=2.0,
-        vmamba_drop_path_rate=0.0,
-        vmamba_num_heads=2,
-        feature_dim=64,
-        state_feature_dim=32,
-        hidden_dim=128,
-        batch_size=64,
-        seq_len=4,
+        **CPU_SIZES,
+        **SMALL_BUDGET_TD3,
         max_timesteps=6000,
         learning_starts=1000,
         buffer_size=20000,
-        replay_segment=8,  # ~2x updates/s: runs of 8 windows share frames (benchmarks/train_speed.py)
         updates_per_step=0.5,
-        # The small-budget TD3 recipe (README "Learning"): at a few thousand updates the spec's actor
-        # stream, trained only by the policy gradient, collapses to one action for every state.
-        share_encoder=True,
-        critic_norm="state",
-        base_skip=True,
-        actor_reg=0.1,
-        actor_lr=1e-4,
-        tau=0.01,
-        gamma=0.98,
-        n_step=5,
-        normalize_base=True,
         eval_interval=3000,
         eval_episodes=10,
         save_interval=3000,
@@ -304,52 +419,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-_HELP: dict[str, str] = {
-    "vmamba_patch_size": "stem stride: 4 = two stride-2 3x3 convs (VMamba v2), other powers of 2 = one conv",
-    "vmamba_num_vss_blocks": "VSS blocks in each of the 4 stages",
-    "vmamba_layer_scale_init": "initial LayerScale gamma in VSS blocks; 0 disables it",
-    "scan_backend": "selective-scan implementation: " + ", ".join(SCAN_BACKENDS),
-    "algorithm_name": "one of " + ", ".join(ALGORITHMS),
-    "replay_segment": "sample batches as runs of this many consecutive transitions (1 = independent); "
-    "the TD3 agents then encode each distinct frame once, ~(M+K)/M instead of K frames per window",
-    "action_repeat": "hold each action for this many environment steps, rewards summed (1 = off); "
-    "--max_timesteps, intervals and logs then count agent decisions",
-    "base_skip": "td3 / vmamba_td3: the heads also read the newest base vector directly (skip connection)",
-    "critic_norm": "critic input LayerNorm: joint (the spec: over context and action together) or state "
-    "(context only, action appended raw)",
-    "n_step": "n-step returns in the critic targets (1 = one-step TD as in the spec)",
-    "updates_per_step": "gradient updates per env step after learning_starts (0.25 = one per 4 steps)",
-    "amp": "mixed precision on CUDA: " + ", ".join(AMP_MODES),
-    "level": "environment level (DroneNav: empty/easy/medium/hard; Parking: easy/normal/complex/extreme)",
-    "curriculum": "easier stages before the task, each a JSON object of environment keywords over "
-    "--env_kwargs, e.g. '{\"goal_wall_margin\": 19}' '{\"goal_wall_margin\": 12}'; the next stage starts "
-    "once the training success rate over --curriculum_window episodes reaches --curriculum_threshold; "
-    "evaluation always runs the task itself",
-    "env_kwargs": 'extra environment keywords as JSON, e.g. \'{"max_steps": 100, "image_height": 128}\'',
-    "normalize_keys": "hope_sac: observation keys with running mean/std normalisation (default: every "
-    "vector modality)",
-    "normalize_base": "td3 / vmamba_td3: running mean/std normalisation of the base vector",
-    "modalities": "observation keys the agent reads, e.g. lidar target (default: all of them)",
-    "actor_reg": "L2 penalty on the actor's pre-tanh output (keeps TD3 off the corners of the action box)",
-    "share_encoder": "one encoder for actor and critic (critic trains it, actor reads detached features)",
-    "log_interval": "gradient updates between rows of updates.csv and TensorBoard training scalars",
-    "num_envs": "local environments stepped together, one batched policy forward for all; "
-    "--max_timesteps, --learning_starts, --updates_per_step and the intervals count decisions summed over "
-    "all environments",
-    "vector_mode": "sync (environments in this process) or async (one subprocess each, for costly steps)",
-    "ray_workers": "Ray actors collecting experience, each with --envs_per_worker environments and a CPU "
-    "copy of the policy (0 = local collection; needs pip install -e '.[ray]')",
-    "envs_per_worker": "environments per Ray worker",
-    "sync_interval": "gradient updates between weight broadcasts to the Ray workers",
-    "ray_address": "Ray cluster to join (auto or host:port); default: start a local Ray",
-    "ray_chunk": "decisions per environment in each chunk a Ray worker sends",
-    "worker_timeout_s": "a Ray worker whose chunk takes longer is treated as dead and restarted",
-    "worker_startup_s": "a Ray worker that takes longer to start (import, connect to its simulator) is "
-    "treated as dead and restarted",
-    "worker_env_kwargs": "per-worker environment keywords over --env_kwargs, one JSON object per worker, "
-    'e.g. \'{"ip": "10.0.0.2"}\' \'{"ip": "10.0.0.3"}\' (a simulator each)',
-}
-
 
 def _json_object(text: str) -> dict[str, Any]:
     try:
@@ -364,31 +433,27 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
-    name = f"--{f.name}"
+    """The flag of one :func:`opt` field."""
+    name, meta = f"--{f.name}", f.metadata
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    helptext = _HELP.get(f.name, "") + f" (default: {default})"
+    helptext = meta["help"]
+    if meta["choices"]:
+        helptext += f": one of {', '.join(meta['choices'])}"
+    helptext += f" (default: {default})"
+    parse = meta["parse"]
     if isinstance(default, bool):
         parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
-        return
-    if isinstance(default, list) or f.name in ("normalize_keys", "modalities"):
-        elem = (
-            str
-            if f.name in ("normalize_keys", "modalities")
-            else (float if default and isinstance(default[0], float) else int)
-        )
-        parser.add_argument(name, nargs="+", type=elem, default=None, help=helptext)
-        return
-    if f.name == "env_kwargs":
+    elif parse == "json":
         parser.add_argument(name, type=_json_object, default=None, help=helptext)
-        return
-    if f.name in ("curriculum", "worker_env_kwargs"):
+    elif parse == "json_list":
         parser.add_argument(name, nargs="+", type=_json_object, default=None, help=helptext)
-        return
-    if default is None:
-        typ = float if f.name == "sac_target_entropy" else (int if f.name == "torch_threads" else str)
+    elif parse == "str_list":
+        parser.add_argument(name, nargs="+", type=str, default=None, help=helptext)
+    elif isinstance(default, list):
+        elem = float if default and isinstance(default[0], float) else int
+        parser.add_argument(name, nargs="+", type=elem, default=None, help=helptext)
     else:
-        typ = type(default)
-    parser.add_argument(name, type=typ, default=None, help=helptext)
+        parser.add_argument(name, type=parse or type(default), default=None, help=helptext)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -445,7 +510,17 @@ def _check(cond: bool, msg: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check every value; the first bad one raises :class:`ConfigError` naming its flag."""
-    v, t, s, tr = cfg.vmamba, cfg.td3, cfg.sac, cfg.train
+    for section in (cfg.vmamba, cfg.td3, cfg.sac, cfg.train):
+        for f in dataclasses.fields(section):
+            choices, value = f.metadata["choices"], getattr(section, f.name)
+            if choices is not None:
+                _check(value in choices, f"--{f.name} must be one of {', '.join(choices)}, got {value!r}")
+    _validate_networks(cfg.vmamba)
+    _validate_learning(cfg.td3, cfg.sac)
+    _validate_train(cfg)
+
+
+def _validate_networks(v: VMambaConfig) -> None:
     p = v.vmamba_patch_size
     _check(
         p >= 1 and (p & (p - 1)) == 0, f"--vmamba_patch_size must be a power of 2 (1, 2, 4, 8, 16), got {p}"
@@ -489,10 +564,9 @@ def validate(cfg: Config) -> None:
         f"--vmamba_num_heads must divide --hidden_dim ({v.hidden_dim}), got {v.vmamba_num_heads}; "
         f"allowed: {[h for h in range(1, v.hidden_dim + 1) if v.hidden_dim % h == 0][:12]}",
     )
-    _check(
-        v.scan_backend in SCAN_BACKENDS,
-        f"--scan_backend must be one of {', '.join(SCAN_BACKENDS)}, got {v.scan_backend!r}",
-    )
+
+
+def _validate_learning(t: TD3Config, s: SACConfig) -> None:
     for name in ("actor_lr", "critic_lr", "sac_actor_lr", "sac_critic_lr", "sac_alpha_lr"):
         val = getattr(t, name, None) if hasattr(t, name) else getattr(s, name)
         _check(val > 0 and math.isfinite(val), f"--{name} must be a positive learning rate, got {val}")
@@ -516,11 +590,6 @@ def validate(cfg: Config) -> None:
         len(t.cnn_channels) >= 1 and all(c >= 1 for c in t.cnn_channels),
         f"--cnn_channels must be positive channel counts, got {t.cnn_channels}",
     )
-    _check(s.fusion in FUSIONS, f"--fusion must be one of {', '.join(FUSIONS)}, got {s.fusion!r}")
-    _check(
-        s.image_encoder in IMAGE_ENCODERS,
-        f"--image_encoder must be one of {', '.join(IMAGE_ENCODERS)}, got {s.image_encoder!r}",
-    )
     _check(
         s.modalities is None or len(s.modalities) >= 1,
         "--modalities needs at least one observation key",
@@ -531,17 +600,13 @@ def validate(cfg: Config) -> None:
         s.attention_heads >= 1 and s.attention_dim_head >= 1 and s.attention_depth >= 1,
         "--attention_heads, --attention_dim_head and --attention_depth must be >= 1",
     )
-    _check(
-        tr.algorithm_name in ALGORITHMS,
-        f"--algorithm_name must be one of {', '.join(ALGORITHMS)}, got {tr.algorithm_name!r}",
-    )
+
+
+def _validate_train(cfg: Config) -> None:
+    tr = cfg.train
     _check(tr.seq_len >= 1, f"--seq_len must be >= 1, got {tr.seq_len}")
     _check(tr.batch_size >= 1, f"--batch_size must be >= 1, got {tr.batch_size}")
     _check(tr.n_step >= 1, f"--n_step must be >= 1, got {tr.n_step}")
-    _check(
-        t.critic_norm in CRITIC_NORMS,
-        f"--critic_norm must be one of {', '.join(CRITIC_NORMS)}, got {t.critic_norm!r}",
-    )
     _check(
         0.0 < tr.curriculum_threshold <= 1.0,
         f"--curriculum_threshold must be in (0, 1], got {tr.curriculum_threshold}",
@@ -556,7 +621,6 @@ def validate(cfg: Config) -> None:
     _check(tr.max_timesteps >= 1, f"--max_timesteps must be >= 1, got {tr.max_timesteps}")
     _check(tr.learning_starts >= 0, f"--learning_starts must be >= 0, got {tr.learning_starts}")
     _check(tr.updates_per_step >= 0, f"--updates_per_step must be >= 0, got {tr.updates_per_step}")
-    _check(tr.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {tr.amp!r}")
     _check(
         tr.eval_interval >= 0 and tr.eval_episodes >= 0 and tr.save_interval >= 0,
         "--eval_interval, --eval_episodes and --save_interval must be >= 0",
@@ -571,10 +635,6 @@ def validate(cfg: Config) -> None:
     )
     _check(tr.log_interval >= 1, f"--log_interval must be >= 1, got {tr.log_interval}")
     _check(tr.num_envs >= 1, f"--num_envs must be >= 1, got {tr.num_envs}")
-    _check(
-        tr.vector_mode in VECTOR_MODES,
-        f"--vector_mode must be one of {', '.join(VECTOR_MODES)}, got {tr.vector_mode!r}",
-    )
     _check(tr.ray_workers >= 0, f"--ray_workers must be >= 0, got {tr.ray_workers}")
     _check(tr.envs_per_worker >= 1, f"--envs_per_worker must be >= 1, got {tr.envs_per_worker}")
     _check(tr.sync_interval >= 1, f"--sync_interval must be >= 1, got {tr.sync_interval}")

@@ -22,6 +22,12 @@ METRIC_KEYS = (
     "mean_path_ratio",
 )
 
+# The training loop's periodic evaluations use episode seeds EVAL_SEED + run seed, +1, ... (training's
+# own episode seeds come from the collector's generator). `vmamba-rl eval` starts at SCORE_SEED by
+# default, so a checkpoint picked by the periodic evaluations is scored on other episodes.
+EVAL_SEED = 10_000
+SCORE_SEED = 20_000
+
 
 def run_episode(
     agent: Any, env: gym.Env, seed: int | None, explore: bool = False, on_step: Any = None
@@ -69,7 +75,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def evaluate(agent: Any, env: gym.Env, episodes: int, seed: int = 10_000) -> dict[str, Any]:
+def evaluate(agent: Any, env: gym.Env, episodes: int, seed: int = EVAL_SEED) -> dict[str, Any]:
     """Run ``episodes`` deterministic episodes with seeds seed, seed+1, ...; summary plus splits.
 
     Splits by ``slot_type`` (parking: bay / parallel) and ``level`` when the environment reports them.

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from vmamba_rl.checkpoint import generator_state, set_generator_state
+
 
 class _ScheduledNoise(ABC):
     """Shared parts: sigma schedule, seeded PCG64 generator, state round trip."""
@@ -55,7 +57,7 @@ class _ScheduledNoise(ABC):
             "sigma0": self.sigma0,
             "sigma_min": self.sigma_min,
             "sigma": self.sigma,
-            "rng_state": self._rng.bit_generator.state,  # a fresh dict of ints and strings
+            "rng_state": generator_state(self._rng),
         }
 
     def load_state_dict(self, d: Mapping) -> None:
@@ -69,7 +71,7 @@ class _ScheduledNoise(ABC):
         self.sigma0 = float(d["sigma0"])
         self.sigma_min = float(d["sigma_min"])
         self.sigma = float(d["sigma"])
-        self._rng.bit_generator.state = dict(d["rng_state"])
+        set_generator_state(self._rng, d["rng_state"])
 
 
 class OUNoise(_ScheduledNoise):

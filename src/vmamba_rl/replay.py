@@ -55,38 +55,17 @@ import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from vmamba_rl.checkpoint import generator_state, set_generator_state
 
 _FORMAT_VERSION = 2  # 2: per-stream counters; 1 (one stream) still loads
 _OBS_PREFIX = "obs/"
 # Reject-and-redraw rounds before sample() falls back to enumerating the valid transitions.
 _MAX_REJECTION_ROUNDS = 32
-
-
-def _rng_state_to_array(rng: np.random.Generator) -> np.ndarray:
-    """PCG64 state -> uint64 array (6,): the 128-bit words split in halves, so it fits np.savez."""
-    state = rng.bit_generator.state
-    if state["bit_generator"] != "PCG64":
-        raise ValueError(f"only PCG64 generators can be saved, got {state['bit_generator']}")
-    mask = (1 << 64) - 1
-    s, inc = int(state["state"]["state"]), int(state["state"]["inc"])
-    words = [s >> 64, s & mask, inc >> 64, inc & mask, int(state["has_uint32"]), int(state["uinteger"])]
-    return np.array(words, dtype=np.uint64)
-
-
-def _rng_state_from_array(words: np.ndarray) -> dict:
-    """Inverse of :func:`_rng_state_to_array`: a dict for ``Generator.bit_generator.state``."""
-    w = [int(v) for v in np.asarray(words, dtype=np.uint64).reshape(-1)]
-    if len(w) != 6:
-        raise ValueError(f"rng_state must hold 6 uint64 words, got {len(w)}")
-    return {
-        "bit_generator": "PCG64",
-        "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
-        "has_uint32": w[4],
-        "uinteger": w[5],
-    }
 
 
 class NonFiniteTransitionError(ValueError):
@@ -205,6 +184,8 @@ class SequenceReplayBuffer:
         self.segment = int(segment)
         self.n_step, self.gamma = int(n_step), float(gamma)
         self.observation_space = observation_space
+        # set by the owning agent: environment-unit actions of the design document's add() form
+        self.action_scaler: Any = None
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, np.dtype] = {}
         for key, space in observation_space.spaces.items():
@@ -248,6 +229,75 @@ class SequenceReplayBuffer:
 
     def add(
         self,
+        obs: Any,
+        action: Any,
+        reward: Any,
+        next_obs: Any,
+        terminated: Any,
+        truncated: Any,
+        done: Any = None,
+        *,
+        stream: int = 0,
+        first: bool = False,
+    ) -> None:
+        """Store one transition of ``stream``, in either of two forms:
+
+        - ``add(obs, action, reward, next_obs, terminated, truncated)``: single-step dict observations,
+          the action in [-1, 1], shape (A,) (what the agents and collectors call);
+        - ``add(base, depth, action, reward, next_base, next_depth, done)``: the design document's form,
+          positional, with the environment-unit action ``select_action`` returned (scaled with the
+          owning agent's action space) and K-step or single-step arrays (the newest step is stored);
+          ``done`` is stored as terminated, as that document's TD3 treats it.
+
+        ``first``: ``obs`` is the reset frame of a new episode (the collector says so). A new episode
+        also starts when the stream has none open (after a terminated / truncated / done step or
+        :meth:`end_episode`). Otherwise ``obs`` is the previous transition's ``next_obs``, already stored.
+        """
+        if done is None and isinstance(obs, Mapping):
+            self._add(obs, action, reward, next_obs, terminated, truncated, stream=stream, first=first)
+            return
+        if done is None or isinstance(obs, Mapping):
+            raise TypeError(
+                "add() takes (obs, action, reward, next_obs, terminated, truncated) with dict observations, "
+                "or (base, depth, action, reward, next_base, next_depth, done) with arrays"
+            )
+        self._add_design_form(obs, action, reward, next_obs, terminated, truncated, done, stream=stream)
+
+    @property
+    def size(self) -> int:
+        """Stored transitions (``len(buffer)``; the design document's name)."""
+        return len(self)
+
+    def _add_design_form(
+        self,
+        base: Any,
+        depth: Any,
+        action: Any,
+        reward: float,
+        next_base: Any,
+        next_depth: Any,
+        done: Any,
+        *,
+        stream: int = 0,
+    ) -> None:
+        if self.action_scaler is None:
+            raise TypeError(
+                "add(base, depth, action, ...) takes the environment-unit action and needs the agent's "
+                "action space: use agent.replay_buffer, or add(obs, action_in_[-1,1], ...)"
+            )
+
+        def step(name: str, x: Any) -> np.ndarray:
+            x = np.asarray(x)
+            ndim = len(self._shapes[name])
+            return x[-1] if x.ndim == ndim + 1 else x  # a K-step window: its newest step
+
+        obs = {"base": step("base", base), "depth": step("depth", depth)}
+        nxt = {"base": step("base", next_base), "depth": step("depth", next_depth)}
+        act = self.action_scaler.to_norm(np.asarray(action, np.float32))
+        self._add(obs, act, float(reward), nxt, bool(done), False, stream=stream)
+
+    def _add(
+        self,
         obs: Mapping[str, np.ndarray],
         action: np.ndarray,
         reward: float,
@@ -258,12 +308,6 @@ class SequenceReplayBuffer:
         stream: int = 0,
         first: bool = False,
     ) -> None:
-        """Store one transition of ``stream`` (single-step observations; action in [-1, 1], shape (A,)).
-
-        ``first``: ``obs`` is the reset frame of a new episode (the collector says so). A new episode
-        also starts when the stream has none open (after a terminated / truncated step or
-        :meth:`end_episode`). Otherwise ``obs`` is the previous transition's ``next_obs``, already stored.
-        """
         s = self._stream(stream)
         obs_arr = self._check_obs(obs, "obs")
         next_arr = self._check_obs(next_obs, "next_obs")
@@ -612,7 +656,7 @@ class SequenceReplayBuffer:
             current_episode_start=self._current_episode_start.copy(),
             num_transitions=self._num_transitions.copy(),
             floor=self._floor.copy(),
-            rng_state=_rng_state_to_array(self._rng),
+            rng_state=np.array(generator_state(self._rng), dtype=np.uint64),
         )
         return d
 
@@ -677,7 +721,7 @@ class SequenceReplayBuffer:
         self._num_transitions = per_stream("num_transitions")
         # Files written before discard_episode existed have no floor: nothing was ever discarded.
         self._floor = per_stream("floor", default=0)
-        self._rng.bit_generator.state = _rng_state_from_array(d["rng_state"])
+        set_generator_state(self._rng, d["rng_state"])
 
     def save(self, path: str | os.PathLike) -> None:
         """Write :meth:`state_dict` with ``np.savez`` (no pickle) to ``path`` exactly, atomically."""

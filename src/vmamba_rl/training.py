@@ -86,7 +86,7 @@ class Trainer:
         quiet: bool = False,
         callbacks: list[Callback] | None = None,
     ) -> None:
-        from vmamba_rl.agents.vmamba_td3 import make_agent
+        from vmamba_rl.agents import make_agent
 
         self.cfg = cfg
         self.quiet = quiet

@@ -174,6 +174,7 @@ class BaseAgent(ABC):
             gamma=cfg.gamma,
             num_streams=num_streams,
         )
+        self.replay_buffer.action_scaler = self.scaler
 
     # --- acting ---------------------------------------------------------------------------------
     @abstractmethod
@@ -192,6 +193,15 @@ class BaseAgent(ABC):
     def make_noise(self, index: int) -> Any:
         """A fresh exploration process for environment ``index`` (``sample()`` -> (A,), ``reset()``,
         ``scale_sigma(p)``, ``state_dict()``), or None when the policy explores by itself."""
+        return None
+
+    # --- visualisation ----------------------------------------------------------------------------
+    explains_history = False  # True: explain() returns attention over the K history slots
+
+    def explain(self, obs_seq: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Features and attention of one K-step observation for ``vmamba-rl visualize``: keys
+        ``{actor,critic}_{visual,state,context,attention,attention_heads}`` and ``action``; None for
+        agents without attention over the history (they may attend over modalities instead)."""
         return None
 
     def reset_episode(self) -> None:  # noqa: B027 (optional hook)

@@ -170,9 +170,9 @@ class HopeSACAgent(BaseAgent):
         self.tau = float(cfg.tau)
         self.grad_clip = float(cfg.grad_clip)
         self.batch_size = int(cfg.batch_size)
-        # --sac_update_every read as the target interval: soft-update the critic targets every N gradient
+        # --sac_target_update_interval: soft-update the critic targets every N gradient
         # updates (SB3's target_update_interval); env steps per update are --updates_per_step's job.
-        self.target_update_every = int(cfg.sac_update_every)
+        self.target_update_every = int(cfg.sac_target_update_interval)
         self.target_entropy = (
             float(cfg.sac_target_entropy) if cfg.sac_target_entropy is not None else -float(A)
         )
@@ -274,7 +274,7 @@ class HopeSACAgent(BaseAgent):
         """One SAC update from a replay batch: ``obs`` / ``next_obs`` {key: (B, K, *shape)} raw,
         ``action`` (B, A) in [-1, 1], ``reward``, ``terminated``, ``discount`` (B,).
 
-        Order: critics -> actor -> alpha -> soft update of the targets (every ``sac_update_every``).
+        Order: critics -> actor -> alpha -> soft update of the targets (every ``sac_target_update_interval``).
         """
         self.total_it += 1
         step = self.total_it

@@ -49,8 +49,8 @@ class Critic(nn.Module):
     ``input_norm="joint"`` is the spec's LayerNorm(repr_dim + action_dim) over the concatenation.
     ``"state"`` normalises the context alone and appends the raw action (as DrQ-v2's critic does). Why:
     the joint LayerNorm divides the 3 action entries by the context's spread; after 4,500 updates on
-    DroneNav-v0 that spread was 24 and Q moved by at most 0.11 across the whole yaw range (measured, README
-    "Learning"), so the policy gradient carried almost no information about the action.
+    DroneNav-v0 that spread was 24 and Q moved by at most 0.11 across the whole yaw range (measured,
+    docs/results.md "Findings"), so the policy gradient carried almost no information about the action.
     """
 
     def __init__(

@@ -54,7 +54,7 @@ def visualize(
     Args:
         checkpoint: ``checkpoint.pt`` or the run folder holding it.
         episodes: episodes to play (seeds ``seed``, ``seed + 1``, ...; default seed: the training
-            loop's evaluation seeds, ``10_000 + config seed``).
+            loop's evaluation seeds, ``EVAL_SEED + config seed``).
         fps, size: video frame rate and frame size (width, height) in pixels.
         max_steps: truncate each episode after this many decisions (shorter videos).
         video: False skips rendering (faster; no GIF / MP4 / frame PNG).
@@ -107,7 +107,7 @@ def visualize(
         files["attention_npz"] = out / "attention.npz"
         title = (
             "Cross-attention of the last step over the K history slots"
-            if hasattr(agent, "explain")
+            if agent.explains_history
             else "Fusion attention over modality tokens (last layer, mean over queries)"
         )
         files["attention_png"] = figures.plot_attention(panels, out / "attention.png", episode, title)

@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from vmamba_rl.evaluation import run_episode
+from vmamba_rl.evaluation import EVAL_SEED, run_episode
 
 # features.png shows these streams, in this order, when the agent provides them
 FEATURE_KEYS = ("visual", "state", "context")
@@ -86,7 +86,7 @@ def load_agent(
     checkpoint: str | Path, device: str = "cpu", render_mode: str | None = "rgb_array"
 ) -> tuple[Any, gym.Env, Any]:
     """Checkpoint (or run folder) -> (agent with loaded weights, K-step env, Config)."""
-    from vmamba_rl.agents.vmamba_td3 import make_agent
+    from vmamba_rl.agents import make_agent
     from vmamba_rl.checkpoint import CheckpointError, safe_torch_load
     from vmamba_rl.config import Config
     from vmamba_rl.training import make_env
@@ -152,8 +152,8 @@ class _Recorder:
 
     def _explain(self, obs: dict[str, np.ndarray]) -> None:
         tr, agent = self.trace, self.agent
-        if hasattr(agent, "explain"):
-            ex = agent.explain(obs)
+        ex = agent.explain(obs)
+        if ex is not None:
             tr.attention.append(ex["actor_attention"])
             tr.attention_heads.append(ex["actor_attention_heads"])
             tr.critic_attention.append(ex["critic_attention"])
@@ -240,7 +240,7 @@ class _Recorder:
 
 
 def _slot_labels(agent: Any, cfg: Any) -> list[str]:
-    if hasattr(agent, "explain"):
+    if agent.explains_history:
         K = int(cfg.seq_len)
         # SequenceHistory keeps the oldest frame first and the newest at index K-1
         return [f"t-{K - 1 - k}" if k < K - 1 else "t" for k in range(K)]
@@ -260,18 +260,18 @@ def rollout(
 ) -> RolloutTrace:
     """Play ``episodes`` deterministic episodes (seeds ``seed``, ``seed + 1``, ...) and record them.
 
-    ``seed`` defaults to ``10_000 + cfg.seed``, the seeds the training loop evaluates on, so the
+    ``seed`` defaults to ``EVAL_SEED + cfg.seed``, the seeds the training loop evaluates on, so the
     visualised episodes are the evaluated ones. ``max_steps`` truncates long episodes (shorter videos).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if seed is None:
-        seed = 10_000 + int(cfg.seed)
+        seed = EVAL_SEED + int(cfg.seed)
     play_env = gym.wrappers.TimeLimit(env, int(max_steps)) if max_steps else env
     trace = RolloutTrace(
         algorithm=str(cfg.algorithm_name), env_name=str(cfg.env_name), slot_labels=_slot_labels(agent, cfg)
     )
-    if hasattr(agent, "explain"):
+    if agent.explains_history:
         trace.critic_slot_labels = list(trace.slot_labels)  # both streams attend over the same K slots
     rec = _Recorder(agent, env, trace, render)
     for i in range(episodes):
