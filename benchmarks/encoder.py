@@ -42,7 +42,7 @@ def bench(preset: str, backend: str, img: int, batch: int, repeats: int) -> tupl
     """(model fwd+bwd seconds per image, scan-replay seconds per image, parameter count)."""
     cfg = make_config(preset=preset, scan_backend=backend)
     torch.manual_seed(0)
-    model = vm.VMambaRLTiny.from_config(cfg.vmamba, in_chans=1, img_size=(img, img))
+    model = vm.VMambaRLTiny(1, (img, img), out_features=cfg.feature_dim, **cfg.vmamba.backbone_kwargs())
     model.train()
     x = torch.rand(batch, 1, img, img)
 
@@ -127,7 +127,7 @@ def bench_layer_norm(batch: int, repeats: int) -> None:
 
     cfg = make_config(preset="cpu")
     torch.manual_seed(0)
-    model = vm.VMambaRLTiny.from_config(cfg.vmamba, in_chans=1, img_size=(64, 64))
+    model = vm.VMambaRLTiny(1, (64, 64), out_features=cfg.feature_dim, **cfg.vmamba.backbone_kwargs())
     x = torch.rand(batch, 1, 64, 64)
 
     def step():

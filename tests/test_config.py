@@ -95,6 +95,8 @@ def test_json_round_trip():
         (["--curriculum", "[1]"], "expected a JSON object, got '[1]'"),
         (["--critic_norm", "batch"], "--critic_norm must be one of joint, state, got 'batch'"),
         (["--actor_reg=-0.1"], "--actor_reg must be >= 0, got -0.1"),
+        (["--encoder_lr", "0"], "--encoder_lr must be a positive learning rate, got 0.0"),
+        (["--augment_shift=-1"], "--augment_shift must be >= 0 pixels (0 = off), got -1"),
         (["--vmamba_patch_size", "3"], "--vmamba_patch_size must be a power of 2"),
         (["--fusion", "sum"], "--fusion must be one of mlp, attention"),
         (["--ou_sigma_min", "0.5"], "--ou_sigma_min (0.5) must be <= --ou_sigma (0.2)"),
@@ -115,13 +117,13 @@ def test_non_numeric_flag_is_rejected(capsys):
 
 
 def test_info_counts_match_a_direct_count(capsys):
+    from vmamba_rl.agents.td3 import make_stream
     from vmamba_rl.models.heads import Actor, Critic
-    from vmamba_rl.models.sequence import EncoderStream
 
     assert main(["info", "--preset", "cpu"]) == 0
     out = capsys.readouterr().out
     cfg = make_config("cpu")
-    stream = EncoderStream.vmamba(cfg.vmamba, 10, (1, 64, 64))
+    stream = make_stream(cfg, "vmamba", 10, (1, 64, 64))
     n_stream = sum(p.numel() for p in stream.parameters())
     repr_dim = cfg.hidden_dim + (10 if cfg.base_skip else 0)
     n_actor = sum(p.numel() for p in Actor(repr_dim, 3, cfg.hidden_dim).parameters())
@@ -154,7 +156,10 @@ def test_every_train_option_has_help_text():
 @pytest.mark.parametrize(
     "command, names",
     [
-        ("visualize", ["attention.png", "attention_heads.png", "features.png", "rollout.gif", "summary.json"]),  # noqa: E501
+        (
+            "visualize",
+            ["attention.png", "attention_heads.png", "features.png", "rollout.gif", "summary.json"],
+        ),  # noqa: E501
         ("eval", ["eval.json", "eval_episodes.csv"]),
         ("train", ["config.json", "episodes.csv", "checkpoint.pt", "best.pt"]),
     ],

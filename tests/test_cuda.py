@@ -79,7 +79,7 @@ def test_chunked_scan_under_bf16_autocast_stays_close_to_fp32():
 def test_encoder_on_gpu_equals_encoder_on_cpu(preset):
     cfg = tiny_config() if preset == "cpu" else tiny_config(vmamba_hidden_dim=16, vmamba_ssm_d_state=16)
     torch.manual_seed(0)
-    enc = VMambaRLTiny.from_config(cfg.vmamba, in_chans=1).eval()
+    enc = VMambaRLTiny(1, out_features=cfg.feature_dim, **cfg.vmamba.backbone_kwargs()).eval()
     x = torch.rand(3, 1, 64, 64)
     with torch.no_grad():
         ref = enc(x)
@@ -90,7 +90,7 @@ def test_encoder_on_gpu_equals_encoder_on_cpu(preset):
 def test_gradient_checkpointing_on_gpu_gives_the_same_gradients():
     torch.manual_seed(0)
     cfg = tiny_config(vmamba_drop_path_rate=0.0)
-    plain = VMambaRLTiny.from_config(cfg.vmamba, in_chans=1).to(CUDA)
+    plain = VMambaRLTiny(1, out_features=cfg.feature_dim, **cfg.vmamba.backbone_kwargs()).to(CUDA)
     ckpt = copy.deepcopy(plain)
     ckpt.use_checkpoint = True
     x = torch.rand(4, 1, 64, 64, device=CUDA)

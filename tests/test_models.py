@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from vmamba_rl.agents.td3 import make_stream
 from vmamba_rl.config import make_config
 from vmamba_rl.models.cnn import CNNVisualEncoder
 from vmamba_rl.models.heads import Actor, Critic
@@ -43,6 +44,11 @@ TINY = dict(
     scan_backend="reference",
     vmamba_drop_path_rate=0.0,
 )
+
+
+def _visual(cfg) -> VMambaVisualEncoder:
+    """The encoder of one (1, 64, 64) depth frame that ``cfg`` describes."""
+    return VMambaVisualEncoder(1, (64, 64), cfg.feature_dim, **cfg.vmamba.backbone_kwargs())
 
 
 def tiny_cfg(**kw):
@@ -107,7 +113,7 @@ def test_ss2d_init_follows_mamba():
 
 def test_vmamba_backbone_stage_resolutions():
     cfg = tiny_cfg()
-    m = VMambaRLTiny.from_config(cfg.vmamba, 1, (64, 64))
+    m = VMambaRLTiny(1, (64, 64), out_features=cfg.feature_dim, **cfg.vmamba.backbone_kwargs())
     x = m.patch_embed(torch.randn(2, 1, 64, 64))
     sizes = []
     for stage, down in zip(m.stages, m.downsamples, strict=True):
@@ -122,14 +128,14 @@ def test_vmamba_backbone_stage_resolutions():
 def test_bad_image_size_names_valid_sizes():
     cfg = tiny_cfg()
     with pytest.raises(ValueError, match=r"multiples of 8\*patch_size = 32.*\[32, 64, 96"):
-        VMambaRLTiny.from_config(cfg.vmamba, 1, (48, 64))
+        VMambaRLTiny(1, (48, 64), out_features=cfg.feature_dim, **cfg.vmamba.backbone_kwargs())
 
 
 @pytest.mark.parametrize("K", [1, 4, 8])
 @pytest.mark.parametrize("B", [1, 3])
 def test_stream_shapes_follow_spec(K, B):
     cfg = tiny_cfg()
-    stream = EncoderStream.vmamba(cfg.vmamba, 10, (1, 64, 64))
+    stream = make_stream(cfg, "vmamba", 10, (1, 64, 64))
     base = torch.randn(B, K, 10)
     depth = torch.randint(0, 256, (B, K, 1, 64, 64), dtype=torch.uint8)
     out = stream(base, depth, return_all=True)
@@ -149,12 +155,11 @@ def test_stream_shapes_follow_spec(K, B):
 
 
 def test_base_skip_appends_the_newest_base_vector_to_the_context():
-    from vmamba_rl.models.sequence import EncoderStream
 
     cfg = tiny_config(scan_backend="reference")
     torch.manual_seed(0)
-    plain = EncoderStream.vmamba(cfg.vmamba, 10, (1, 64, 64))
-    skip = EncoderStream(plain.visual, 10, cfg.vmamba, base_skip=True)
+    plain = make_stream(cfg, "vmamba", 10, (1, 64, 64))
+    skip = EncoderStream(plain.visual, 10, **cfg.vmamba.sequence_kwargs(), base_skip=True)
     skip.load_state_dict(plain.state_dict())
     base, depth = torch.randn(2, 3, 10), torch.randint(0, 256, (2, 3, 1, 64, 64), dtype=torch.uint8)
     ctx, ctx_skip = plain(base, depth), skip(base, depth)
@@ -231,9 +236,9 @@ def test_temporal_block_is_bidirectional_as_documented():
 def test_gradient_checkpointing_matches():
     cfg = tiny_cfg(vmamba_use_checkpoint=False)
     torch.manual_seed(1)
-    m1 = VMambaVisualEncoder(cfg.vmamba, 1, (64, 64))
+    m1 = _visual(cfg)
     cfg2 = tiny_cfg(vmamba_use_checkpoint=True)
-    m2 = VMambaVisualEncoder(cfg2.vmamba, 1, (64, 64))
+    m2 = _visual(cfg2)
     m2.load_state_dict(m1.state_dict())
     x = torch.rand(3, 1, 64, 64)
     y1, y2 = m1(x), m2(x)
@@ -247,9 +252,9 @@ def test_gradient_checkpointing_matches():
 def test_state_dict_round_trip_exact():
     cfg = tiny_cfg()
     torch.manual_seed(2)
-    s1 = EncoderStream.vmamba(cfg.vmamba, 10, (1, 64, 64)).eval()
+    s1 = make_stream(cfg, "vmamba", 10, (1, 64, 64)).eval()
     torch.manual_seed(3)
-    s2 = EncoderStream.vmamba(cfg.vmamba, 10, (1, 64, 64)).eval()
+    s2 = make_stream(cfg, "vmamba", 10, (1, 64, 64)).eval()
     base, depth = torch.randn(2, 4, 10), torch.randint(0, 256, (2, 4, 1, 64, 64), dtype=torch.uint8)
     assert not torch.equal(s1(base, depth), s2(base, depth))
     s2.load_state_dict(s1.state_dict())
@@ -258,7 +263,7 @@ def test_state_dict_round_trip_exact():
 
 def test_uint8_and_float_inputs_agree_and_microbatching():
     cfg = tiny_cfg()
-    enc = VMambaVisualEncoder(cfg.vmamba, 1, (64, 64)).eval()
+    enc = _visual(cfg).eval()
     d = torch.randint(0, 256, (7, 1, 64, 64), dtype=torch.uint8)
     full = enc(d)
     assert torch.allclose(full, enc(d.float() / 255), atol=1e-6)
@@ -286,10 +291,8 @@ def test_encoder_backends_match_reference(backend):
     """SS2D inside the whole encoder: same outputs and gradients as the reference loop (float64)."""
     torch.manual_seed(4)
     cfg = tiny_cfg(vmamba_ssm_d_state=4)
-    ref = VMambaVisualEncoder(cfg.vmamba, 1, (64, 64)).double()
-    fast = VMambaVisualEncoder(
-        tiny_cfg(vmamba_ssm_d_state=4, scan_backend=backend).vmamba, 1, (64, 64)
-    ).double()
+    ref = _visual(cfg).double()
+    fast = _visual(tiny_cfg(vmamba_ssm_d_state=4, scan_backend=backend)).double()
     fast.load_state_dict(ref.state_dict())
     x = torch.rand(2, 1, 64, 64, dtype=torch.float64)
     y_ref, y_fast = ref(x), fast(x)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from vmamba_rl.agents.sac import make_multimodal_encoder
 from vmamba_rl.config import make_config
 from vmamba_rl.models.multimodal import (
     AttentionFusion,
     MLPFusion,
     MultiHeadSelfAttention,
-    MultimodalEncoder,
     VectorEmbedding,
 )
 
@@ -97,9 +97,9 @@ def test_encoder_shapes_with_history_and_action(fusion: str, K: int) -> None:
     cfg = make_config(fusion=fusion, **TINY)
     space = _space()
     obs = _batch(space, B=4, K=K)
-    enc = MultimodalEncoder(space, cfg, history=K)
+    enc = make_multimodal_encoder(cfg, space, history=K)
     assert enc(obs).shape == (4, 16)
-    critic_enc = MultimodalEncoder(space, cfg, history=K, action_dim=2)
+    critic_enc = make_multimodal_encoder(cfg, space, history=K, action_dim=2)
     out = critic_enc(obs, torch.rand(4, 2) * 2 - 1)
     assert out.shape == (4, 16)
     if fusion == "attention":
@@ -121,7 +121,7 @@ def test_encoder_history_changes_output_and_uint8_equals_scaled_float() -> None:
     torch.manual_seed(3)
     cfg = make_config(fusion="attention", **TINY)
     space = _space()
-    enc = MultimodalEncoder(space, cfg, history=2)
+    enc = make_multimodal_encoder(cfg, space, history=2)
     obs = _batch(space, B=2, K=2)
     base = enc(obs)
     older = dict(obs, lidar=obs["lidar"].clone())
@@ -143,6 +143,6 @@ def test_dronenav_like_space_with_vmamba_image_encoder() -> None:
             "depth": gym.spaces.Box(0, 255, (1, 64, 64), np.uint8),
         }
     )
-    enc = MultimodalEncoder(space, cfg, history=2)
+    enc = make_multimodal_encoder(cfg, space, history=2)
     assert type(enc.embeddings["depth"]).__name__ == "VMambaVisualEncoder"
     assert enc(_batch(space, B=2, K=2)).shape == (2, 16)

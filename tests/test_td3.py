@@ -292,3 +292,33 @@ def test_actor_reg_adds_the_pre_tanh_penalty_to_the_actor_loss():
         losses[reg] = agent._last_actor_loss
         assert agent._last_actor_loss == pytest.approx(float(-q + reg * pre.pow(2).mean()), rel=1e-5)
     assert losses[0.5] > losses[0.0]
+
+
+@pytest.mark.parametrize("share_encoder", [True, False])
+def test_encoder_lr_gives_the_visual_encoders_their_own_learning_rate(share_encoder):
+    plain = make(share_encoder=share_encoder)
+    assert [len(o.param_groups) for o in plain.optimizers().values()] == [1, 1]  # default: as before
+    agent = make(share_encoder=share_encoder, encoder_lr=2e-5, critic_lr=1e-3, actor_lr=5e-4)
+    sides = {"critic": (agent.critic_stream, 1e-3), "actor": (agent.actor_stream, 5e-4)}
+    for side, opt in agent.optimizers().items():
+        stream, lr = sides[side]
+        if stream is None:  # shared encoder: the actor trains only its head
+            assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == lr
+            continue
+        rest, visual = opt.param_groups
+        assert rest["lr"] == lr and visual["lr"] == 2e-5
+        assert {id(p) for p in visual["params"]} == {id(p) for p in stream.visual.parameters()}
+        head = agent.critic if side == "critic" else agent.actor
+        every = {id(p) for p in head.parameters()} | {id(p) for p in stream.parameters()}
+        got = [id(p) for g in opt.param_groups for p in g["params"]]
+        assert len(got) == len(set(got)) and set(got) == every  # each parameter exactly once
+
+
+def test_update_reports_how_much_the_visual_features_vary():
+    from vmamba_rl.agents.td3 import visual_spread
+
+    assert visual_spread(torch.ones(5, 4)) == 0.0  # collapsed: every frame the same features
+    f = torch.tensor([[1.0, -1.0], [3.0, 1.0]])
+    assert visual_spread(f) == pytest.approx(float(f.std(0).mean() / f.abs().mean()))
+    agent = make()
+    assert agent.update(as_tensors(agent, batch()))["visual_spread"] > 0.0

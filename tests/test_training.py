@@ -24,7 +24,8 @@ def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
     }
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("augment_shift", [0, 3])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, augment_shift):
     kw = dict(
         max_timesteps=100,
         learning_starts=30,
@@ -32,6 +33,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
         seed=7,
         scan_backend="chunked",
         env_kwargs={"max_steps": 30},
+        augment_shift=augment_shift,  # its random offsets resume where they stopped
     )
     full = Trainer(tiny_config(tmp_path / "a", run_name="full", **kw), quiet=True)
     full.run()

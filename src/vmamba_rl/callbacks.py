@@ -44,7 +44,7 @@ EPISODE_FIELDS = [
 EVAL_FIELDS = ["step", "episodes", *METRIC_KEYS, "time"]
 UPDATE_FIELDS = [
     "step", "update", "critic_loss", "actor_loss", "q1", "q2", "target_q", "noise_sigma", "alpha", "entropy",
-    "critic_grad_norm", "updates_per_s", "steps_per_s",
+    "critic_grad_norm", "visual_spread", "updates_per_s", "steps_per_s",
 ]  # fmt: skip
 
 

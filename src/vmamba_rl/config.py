@@ -1,7 +1,8 @@
-"""Configuration: one dataclass per concern, the spec's flags, presets and validation.
+"""Configuration: one dataclass per concern, the design's flags (docs/design.md), presets and
+validation.
 
 Every flag of the VMamba-TD3 document keeps its exact name (``--vmamba_hidden_dim``, ``--seq_len`` ...).
-Values resolve in three layers: dataclass defaults (the spec's values) < ``--preset`` < explicit flags.
+Values resolve in three layers: dataclass defaults (the design's values) < ``--preset`` < explicit flags.
 Bad values fail at parse time with a message naming the flag and what would be right (exit code 2
 through the CLI, :class:`ConfigError` from Python).
 """
@@ -45,8 +46,8 @@ def opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, pars
 class VMambaConfig:
     """The visual encoder (VMambaRLTiny) and the sequence encoder (TemporalMamba, CrossAttention)."""
 
-    # Spec default is 16, but its data-flow section puts stage 1 at H/4; the stem stride wins here
-    # (see docs/deviations.md): patch 4 = VMamba's two stride-2 3x3 convs.
+    # The design document's default is 16, but its data-flow section puts stage 1 at H/4; the stem
+    # stride wins here (see docs/deviations.md): patch 4 = VMamba's two stride-2 3x3 convs.
     vmamba_patch_size: int = opt(
         4, "stem stride: 4 = two stride-2 3x3 convs (VMamba v2), other powers of 2 = one conv"
     )
@@ -70,6 +71,36 @@ class VMambaConfig:
     state_feature_dim: int = opt(128, "StateMLP output size per step (Dsf)")
     hidden_dim: int = opt(256, "fusion / temporal / context width (Dh) and the heads' hidden width")
 
+    # The models take plain arguments; these two are the one place that maps option names onto them.
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """``VMambaRLTiny`` / ``VMambaVisualEncoder`` keyword arguments (all but the image shape and
+        ``out_features``)."""
+        return dict(
+            patch_size=self.vmamba_patch_size,
+            hidden_dim=self.vmamba_hidden_dim,
+            depths=tuple(self.vmamba_num_vss_blocks),
+            d_state=self.vmamba_ssm_d_state,
+            ssm_ratio=self.vmamba_ssm_ratio,
+            mlp_ratio=self.vmamba_mlp_ratio,
+            drop_path_rate=self.vmamba_drop_path_rate,
+            layer_scale_init=self.vmamba_layer_scale_init,
+            input_adapter=self.vmamba_input_adapter,
+            use_checkpoint=self.vmamba_use_checkpoint,
+            backend=self.scan_backend,
+        )
+
+    def sequence_kwargs(self) -> dict[str, Any]:
+        """``EncoderStream`` keyword arguments after the visual encoder and the state size."""
+        return dict(
+            state_feature_dim=self.state_feature_dim,
+            hidden_dim=self.hidden_dim,
+            temporal_layers=self.vmamba_temporal_layers,
+            num_heads=self.vmamba_num_heads,
+            d_state=self.vmamba_ssm_d_state,
+            ssm_ratio=self.vmamba_ssm_ratio,
+            backend=self.scan_backend,
+        )
+
 
 @dataclass
 class TD3Config:
@@ -77,6 +108,12 @@ class TD3Config:
 
     actor_lr: float = opt(5e-4, "TD3 actor learning rate (Adam)")
     critic_lr: float = opt(1e-3, "TD3 critic learning rate (Adam)")
+    encoder_lr: float | None = opt(
+        None,
+        "td3 / vmamba_td3: learning rate of the visual encoders (default: that of the side that trains "
+        "them); lower keeps a critic-trained encoder from collapsing to one output for every frame",
+        parse=float,
+    )
     gamma: float = opt(0.99, "discount factor")
     tau: float = opt(0.005, "soft-update rate of the target networks")
     policy_noise: float = opt(0.2, "std of the target-policy smoothing noise (TD3)")
@@ -95,12 +132,17 @@ class TD3Config:
     )
     critic_norm: str = opt(
         "joint",
-        "critic input LayerNorm: joint (the spec: over context and action together) or state (context "
+        "critic input LayerNorm: joint (the design's: over context and action together) or state (context "
         "only, action appended raw)",
         choices=CRITIC_NORMS,
     )
     base_skip: bool = opt(
         False, "td3 / vmamba_td3: the heads also read the newest base vector directly (skip connection)"
+    )
+    augment_shift: int = opt(
+        0,
+        "td3 / vmamba_td3: DrQ random shift, translating the sampled windows' depth frames by up to this "
+        "many pixels per axis (edges replicated) in every update; 0 = off",
     )
     cnn_channels: list[int] = opt(
         [32, 64, 64], "td3 baseline / SAC CNN: channels of the stride-2 conv layers"
@@ -182,7 +224,7 @@ class TrainConfig:
         "sample batches as runs of this many consecutive transitions (1 = independent); the TD3 agents "
         "then encode each distinct frame once, ~(M+K)/M instead of K frames per window",
     )
-    n_step: int = opt(1, "n-step returns in the critic targets (1 = one-step TD as in the spec)")
+    n_step: int = opt(1, "n-step returns in the critic targets (1 = one-step TD as in the design)")
     action_repeat: int = opt(
         1,
         "hold each action for this many environment steps, rewards summed (1 = off); --max_timesteps, "
@@ -256,7 +298,7 @@ class Config:
     preset: str | None = None
 
     def __getattr__(self, name: str) -> Any:
-        # Flat access (``cfg.seq_len``) like the spec's ``args`` namespace.
+        # Flat access (``cfg.seq_len``) like the design's ``args`` namespace.
         if name.startswith("__"):
             raise AttributeError(name)
         for section in SECTIONS:
@@ -345,7 +387,7 @@ SMALL_BUDGET_TD3: dict[str, Any] = dict(
     normalize_base=True,
 )
 
-# Presets: the spec's three configurations, a CPU preset sized by measurement on a 2-core machine
+# Presets: the design's three configurations, a CPU preset sized by measurement on a 2-core machine
 # (docs/design.md, "Presets"), and HOPE's own SAC hyperparameters.
 PRESETS: dict[str, dict[str, Any]] = {
     "light": dict(
@@ -457,7 +499,7 @@ def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every config flag (spec names) and ``--preset`` to ``parser``."""
+    """Add every config flag (the design's names) and ``--preset`` to ``parser``."""
     parser.add_argument("--preset", default=None, help="one of " + ", ".join(PRESETS))
     for section, cls in _SECTION_TYPES.items():
         group = parser.add_argument_group(section)
@@ -586,6 +628,11 @@ def _validate_learning(t: TD3Config, s: SACConfig) -> None:
     )
     _check(t.grad_clip > 0, f"--grad_clip must be > 0, got {t.grad_clip}")
     _check(t.actor_reg >= 0, f"--actor_reg must be >= 0, got {t.actor_reg}")
+    _check(
+        t.encoder_lr is None or (t.encoder_lr > 0 and math.isfinite(t.encoder_lr)),
+        f"--encoder_lr must be a positive learning rate, got {t.encoder_lr}",
+    )
+    _check(t.augment_shift >= 0, f"--augment_shift must be >= 0 pixels (0 = off), got {t.augment_shift}")
     _check(
         len(t.cnn_channels) >= 1 and all(c >= 1 for c in t.cnn_channels),
         f"--cnn_channels must be positive channel counts, got {t.cnn_channels}",

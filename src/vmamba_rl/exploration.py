@@ -1,6 +1,6 @@
 """Exploration noise in the normalised action space [-1, 1]: Ornstein-Uhlenbeck and Gaussian.
 
-Both decay sigma with training progress by the spec's linear schedule
+Both decay sigma with training progress by the design's linear schedule (docs/design.md)
 ``sigma = max(sigma0 * (1 - p) + sigma_min * p, sigma_min)`` and save their whole state (process
 value, current sigma, RNG) as plain Python numbers, lists and dicts, so a checkpoint loads with
 ``torch.load(weights_only=True)`` or JSON and a resumed run draws the same noise.
@@ -85,9 +85,9 @@ class OUNoise(_ScheduledNoise):
 
     Args:
         action_dim: A.
-        theta: mean-reversion rate (spec ``ou_theta`` 0.15).
-        sigma: initial sigma0 (spec ``ou_sigma`` 0.2).
-        sigma_min: floor of the schedule (spec ``ou_sigma_min`` 0.01).
+        theta: mean-reversion rate (design value 0.15).
+        sigma: initial sigma0 (design value 0.2).
+        sigma_min: floor of the schedule (design value 0.01).
         dt: time step of the discretisation.
         seed: seed of the generator.
     """

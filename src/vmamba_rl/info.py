@@ -6,9 +6,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from vmamba_rl.agents.td3 import make_stream
 from vmamba_rl.config import Config
 from vmamba_rl.models.heads import Actor, Critic
-from vmamba_rl.models.sequence import EncoderStream
 from vmamba_rl.models.vmamba import SS2D, VMambaVisualEncoder
 
 
@@ -35,11 +35,9 @@ def network_table(
     cfg: Config, base_dim: int = 10, depth_shape: tuple[int, int, int] = (1, 64, 64), action_dim: int = 3
 ) -> list[tuple[str, int]]:
     """Rows (module name, parameter count) for one VMamba-TD3 agent, and totals."""
-    vcfg = cfg.vmamba
-    stream = EncoderStream.vmamba(vcfg, base_dim, depth_shape)
-    repr_dim = vcfg.hidden_dim + (base_dim if cfg.td3.base_skip else 0)
-    actor = Actor(repr_dim, action_dim, vcfg.hidden_dim)
-    critic = Critic(repr_dim, action_dim, vcfg.hidden_dim, cfg.td3.critic_norm)
+    stream = make_stream(cfg, "vmamba", base_dim, depth_shape)
+    actor = Actor(stream.out_features, action_dim, cfg.hidden_dim)
+    critic = Critic(stream.out_features, action_dim, cfg.hidden_dim, cfg.critic_norm)
     bb = stream.visual.backbone
     rows = [
         ("VMambaRLTiny.patch_embed", count_params(bb.patch_embed)),
@@ -66,7 +64,7 @@ def network_table(
 def visual_flops(cfg: Config, depth_shape: tuple[int, int, int] = (1, 64, 64)) -> tuple[int, int]:
     """(dense FLOPs counted by torch, analytic scan FLOPs) of one VMambaRLTiny forward on one image."""
     C, H, W = depth_shape
-    enc = VMambaVisualEncoder(cfg.vmamba, C, (H, W), cfg.feature_dim).eval()
+    enc = VMambaVisualEncoder(C, (H, W), cfg.feature_dim, **cfg.vmamba.backbone_kwargs()).eval()
     x = torch.zeros(1, C, H, W)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         enc(x)

@@ -2,14 +2,14 @@
 
 Call :func:`configure_cpu` once at the start of a run (training, benchmarks). It is idempotent.
 
-Why each setting (measured on a 2-vCPU AMD EPYC, see the project's reference notes section 3):
+Why each setting (measurements in docs/benchmarks.md, "CPU settings and kernel details"):
 - threads: torch and numba each default to their own pool; sizing both to the same count stops them
   from oversubscribing the cores when a numba scan kernel runs between torch ops.
 - malloc: glibc serves every allocation above M_MMAP_THRESHOLD (dynamic, at most 32 MB) with a fresh
   mmap and returns it with munmap on free, so each training step pays page faults on every large
-  activation again; ops on 67 MB tensors ran 3-4x slower per image than on 16 MB ones. Raising the mmap
-  threshold and the trim threshold keeps those blocks in the heap for reuse; M_TOP_PAD grows the heap
-  in larger steps. Whole-model CPU training went from 72.6 to 38.8 ms/image with these settings.
+  activation again, and ops on tensors above the threshold ran several times slower per image. Raising
+  the mmap threshold and the trim threshold keeps those blocks in the heap for reuse; M_TOP_PAD grows
+  the heap in larger steps. Whole-model CPU training runs almost twice as fast with these settings.
 """
 
 from __future__ import annotations

@@ -71,10 +71,12 @@ def resolve_device(name: str) -> torch.device:
 def make_adam(params: Any, lr: float) -> torch.optim.Adam:
     """Adam with the fused single-kernel step on CPU and CUDA, foreach elsewhere (mps, ...).
 
-    Same update rule either way; on CPU the fused step of the cpu preset's 134 encoder tensors took 0.65
-    ms against 2.6 ms for foreach (2-vCPU EPYC, one thread)."""
+    ``params``: tensors, or parameter groups (dicts with ``params`` and their own ``lr``). Same update
+    rule either way; on CPU the fused step is about 4x faster than foreach for the cpu preset's encoder
+    (docs/benchmarks.md)."""
     params = list(params)
-    if params and {p.device.type for p in params} <= {"cpu", "cuda"}:
+    tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+    if tensors and {p.device.type for p in tensors} <= {"cpu", "cuda"}:
         return torch.optim.Adam(params, lr=lr, fused=True)
     return torch.optim.Adam(params, lr=lr, foreach=True)
 
@@ -94,8 +96,8 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
     """``module`` and every submodule in eval mode inside the block, each back to its own mode after.
 
     Sets each module's ``training`` flag directly, which is what ``nn.Module.eval()`` / ``train()`` set;
-    their recursive walk through ``__setattr__`` is what makes them slow (about 1 ms for an encoder
-    stream per call, a sixth of an acting step at batch 1)."""
+    their recursive walk through ``__setattr__`` is what makes them slow (a noticeable part of an acting
+    step at batch 1; docs/benchmarks.md)."""
     mods = module.__dict__.get("_eval_mode_modules")
     if mods is None:  # the module tree is fixed after construction: list it once
         mods = list(module.modules())

@@ -19,7 +19,8 @@ def make_agent(
 ) -> BaseAgent:
     """Build the agent named by ``args.algorithm_name`` for ``env`` (single-step or K-step obs both work).
 
-    ``obs`` is accepted for the spec's signature; shapes come from the environment's single-step space.
+    ``obs`` is accepted for the design document's signature (docs/design.md); shapes come from the
+    environment's single-step space.
     ``num_streams``: environments that will write to its replay buffer.
     """
     space = single_step_space(env)

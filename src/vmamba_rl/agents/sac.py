@@ -34,7 +34,9 @@ from torch import nn
 
 from vmamba_rl.agents.base import BaseAgent, check_finite, eval_mode, make_adam, obs_to_tensor, soft_update
 from vmamba_rl.config import Config
+from vmamba_rl.models.cnn import CNNVisualEncoder
 from vmamba_rl.models.multimodal import MultimodalEncoder, orthogonal_init
+from vmamba_rl.models.vmamba import VMambaVisualEncoder
 from vmamba_rl.normalization import ObservationNormalizer
 from vmamba_rl.replay import ReplayBatch
 
@@ -74,15 +76,42 @@ def _relu_mlp(in_dim: int, hidden: list[int]) -> tuple[nn.Sequential, int]:
     return nn.Sequential(*layers), d
 
 
-class SquashedGaussianActor(nn.Module):
-    """obs {key: (B, K, *shape)} -> mean (B, A), log_std (B, A) in [-20, 2]; :meth:`sample` squashes."""
+def make_multimodal_encoder(
+    cfg: Config, observation_space: gym.spaces.Dict, history: int = 1, action_dim: int = 0
+) -> MultimodalEncoder:
+    """The multimodal encoder as the options describe it (``--image_encoder``, ``--embed_size``,
+    ``--fusion`` and its sizes); ``action_dim > 0`` for a critic's."""
 
-    def __init__(
-        self, observation_space: gym.spaces.Dict, action_dim: int, cfg: Config, history: int = 1
-    ) -> None:
+    def image_embedding(in_chans: int, img_size: tuple[int, int]) -> nn.Module:
+        if cfg.image_encoder == "vmamba":  # keeps its own initialisation
+            return VMambaVisualEncoder(in_chans, img_size, cfg.embed_size, **cfg.vmamba.backbone_kwargs())
+        # the project's one small CNN (also the TD3 baseline's), with HOPE's orthogonal init
+        return orthogonal_init(CNNVisualEncoder(in_chans, img_size, cfg.embed_size, cfg.cnn_channels))
+
+    return MultimodalEncoder(
+        observation_space,
+        image_embedding,
+        cfg.embed_size,
+        cfg.fusion,
+        cfg.fusion_hidden,
+        history,
+        action_dim,
+        attention_heads=cfg.attention_heads,
+        attention_dim_head=cfg.attention_dim_head,
+        attention_depth=cfg.attention_depth,
+        attention_ff_dim=cfg.attention_ff_dim,
+    )
+
+
+class SquashedGaussianActor(nn.Module):
+    """obs {key: (B, K, *shape)} -> mean (B, A), log_std (B, A) in [-20, 2]; :meth:`sample` squashes.
+
+    ``encoder`` (no action input) -> ReLU trunk of widths ``hidden`` -> mean and log-std heads."""
+
+    def __init__(self, encoder: MultimodalEncoder, action_dim: int, hidden: list[int]) -> None:
         super().__init__()
-        self.encoder = MultimodalEncoder(observation_space, cfg, history)
-        self.trunk, d = _relu_mlp(self.encoder.out_dim, list(cfg.actor_hidden))
+        self.encoder = encoder
+        self.trunk, d = _relu_mlp(self.encoder.out_dim, list(hidden))
         self.mean_head = nn.Linear(d, action_dim)
         self.log_std_head = nn.Linear(d, action_dim)
         orthogonal_init(self.trunk, gain=math.sqrt(2.0))  # ReLU gain
@@ -114,14 +143,15 @@ class SquashedGaussianActor(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """(obs {key: (B, K, *shape)}, action (B, A)) -> Q (B,), with its own multimodal encoder."""
+    """(obs {key: (B, K, *shape)}, action (B, A)) -> Q (B,): ``encoder`` (with an action input, its
+    own) -> ReLU trunk of widths ``hidden`` -> Linear."""
 
-    def __init__(
-        self, observation_space: gym.spaces.Dict, action_dim: int, cfg: Config, history: int = 1
-    ) -> None:
+    def __init__(self, encoder: MultimodalEncoder, hidden: list[int]) -> None:
         super().__init__()
-        self.encoder = MultimodalEncoder(observation_space, cfg, history, action_dim=action_dim)
-        self.trunk, d = _relu_mlp(self.encoder.out_dim, list(cfg.critic_hidden))
+        if encoder.action_dim < 1:
+            raise ValueError("a QNetwork's encoder needs an action input (action_dim >= 1)")
+        self.encoder = encoder
+        self.trunk, d = _relu_mlp(self.encoder.out_dim, list(hidden))
         self.out = nn.Linear(d, 1)
         orthogonal_init(self.trunk, gain=math.sqrt(2.0))
         orthogonal_init(self.out, gain=1.0)
@@ -133,12 +163,9 @@ class QNetwork(nn.Module):
 class TwinCritic(nn.Module):
     """Two structurally identical, independent Q networks (against over-estimation)."""
 
-    def __init__(
-        self, observation_space: gym.spaces.Dict, action_dim: int, cfg: Config, history: int = 1
-    ) -> None:
+    def __init__(self, q1: QNetwork, q2: QNetwork) -> None:
         super().__init__()
-        self.q1 = QNetwork(observation_space, action_dim, cfg, history)
-        self.q2 = QNetwork(observation_space, action_dim, cfg, history)
+        self.q1, self.q2 = q1, q2
 
     def forward(
         self, obs: dict[str, torch.Tensor], action: torch.Tensor
@@ -178,8 +205,15 @@ class HopeSACAgent(BaseAgent):
         )
 
         self.normalizer = ObservationNormalizer(observation_space, cfg.normalize_keys)
-        self.actor = SquashedGaussianActor(observation_space, A, cfg, K).to(self.device)
-        self.critic = TwinCritic(observation_space, A, cfg, K).to(self.device)
+
+        def critic_encoder() -> MultimodalEncoder:
+            return make_multimodal_encoder(cfg, observation_space, K, A)
+
+        actor_encoder = make_multimodal_encoder(cfg, observation_space, K)
+        self.actor = SquashedGaussianActor(actor_encoder, A, cfg.actor_hidden).to(self.device)
+        self.critic = TwinCritic(
+            QNetwork(critic_encoder(), cfg.critic_hidden), QNetwork(critic_encoder(), cfg.critic_hidden)
+        ).to(self.device)
         self.critic_target = copy.deepcopy(self.critic)
         self.critic_target.requires_grad_(False)
         self.critic_target.eval()  # targets never use dropout / drop-path noise

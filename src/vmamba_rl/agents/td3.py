@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vmamba_rl.agents.base import BaseAgent, check_finite, eval_mode, make_adam, obs_to_tensor, soft_update
+from vmamba_rl.augmentation import random_shift
 from vmamba_rl.config import Config
 from vmamba_rl.exploration import OUNoise
 from vmamba_rl.models.cnn import CNNVisualEncoder
@@ -36,6 +37,26 @@ from vmamba_rl.models.sequence import EncoderStream, FrameFeatureCache
 from vmamba_rl.models.vmamba import VMambaVisualEncoder
 from vmamba_rl.normalization import ObservationNormalizer
 from vmamba_rl.replay import ReplayBatch
+
+
+def make_stream(cfg: Config, encoder: str, base_dim: int, depth_shape: tuple[int, int, int]) -> EncoderStream:
+    """One encoder stream as the options describe it: the ``encoder`` ("vmamba" or "cnn") visual
+    encoder for ``depth_shape`` (C, H, W) frames, then StateMLP + MambaSequenceEncoder over
+    ``base_dim``-vectors."""
+    C, H, W = depth_shape
+    if encoder == "vmamba":
+        visual: nn.Module = VMambaVisualEncoder(C, (H, W), cfg.feature_dim, **cfg.vmamba.backbone_kwargs())
+    else:
+        visual = CNNVisualEncoder(C, (H, W), cfg.feature_dim, cfg.cnn_channels)
+    return EncoderStream(visual, base_dim, **cfg.vmamba.sequence_kwargs(), base_skip=cfg.base_skip)
+
+
+def visual_spread(features: torch.Tensor) -> float:
+    """How much the visual features vary across frames: std over the frames (U, Dv) averaged over the
+    features, divided by their mean magnitude. Near 0: the encoder gives every frame the same features
+    (collapsed; the policy cannot see obstacles)."""
+    f = features.float()
+    return float(f.std(0).mean() / f.abs().mean().clamp_min(1e-12)) if len(f) > 1 else float("nan")
 
 
 def drone_observation_space(base_dim: int, depth_shape: tuple[int, ...]) -> gym.spaces.Dict:
@@ -109,8 +130,8 @@ class TD3Agent(BaseAgent):
         )
         torch.manual_seed(args.seed)
         self.base_dim, self.depth_shape = base_dim, tuple(depth_shape)
-        # The spec feeds the base vector raw; --normalize_base adds running mean/std normalisation
-        # (updated on stored steps only, so evaluation reads frozen statistics).
+        # The design (docs/design.md) feeds the base vector raw; --normalize_base adds running mean/std
+        # normalisation (updated on stored steps only, so evaluation reads frozen statistics).
         self.normalizer = (
             ObservationNormalizer(self.observation_space, ["base"]) if args.normalize_base else None
         )
@@ -120,6 +141,14 @@ class TD3Agent(BaseAgent):
             self.action_dim, args.ou_theta, args.ou_sigma, args.ou_sigma_min, seed=args.seed
         )
         self._noise_gen = torch.Generator(device=self.device).manual_seed(args.seed + 1)
+        # DrQ random shift: one offset per run of replay_segment windows (they share frames)
+        self.augment_shift, self.augment_group = args.augment_shift, max(1, args.replay_segment)
+        if self.augment_shift * 2 >= min(self.depth_shape[1:]):
+            raise ValueError(
+                f"--augment_shift {self.augment_shift} is too large for {self.depth_shape[1]}x"
+                f"{self.depth_shape[2]} depth frames: use less than half the image side (DrQ: 4 at 84x84)"
+            )
+        self._augment_gen = torch.Generator(device=self.device).manual_seed(args.seed + 2)
         self.gamma, self.tau = args.gamma, args.tau
         self.policy_noise, self.noise_clip, self.policy_freq = (
             args.policy_noise,
@@ -132,25 +161,18 @@ class TD3Agent(BaseAgent):
         if self.amp_dtype is not None and self.device.type != "cuda":
             self.amp_dtype = None  # autocast is a CUDA feature here; CPU bf16 is slower than fp32 on AVX2
         self.scaler_amp = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        # cuDNN builds an execution plan for each new input shape (measured ~40 ms of CPU time per conv
-        # call on an H200); the number of distinct frames in a batch varies, so on a GPU it is rounded
-        # up to a multiple of this by encoding repeats of one frame, and few shapes ever occur.
+        # cuDNN builds an execution plan for each new input shape (tens of ms of CPU time per conv call,
+        # docs/benchmarks.md "GPU"); the number of distinct frames in a batch varies, so on a GPU it is
+        # rounded up to a multiple of this by encoding repeats of one frame, and few shapes ever occur.
         self.frame_bucket = 32 if self.device.type == "cuda" else 1
         # acting re-encodes only frames it has not seen under the current weights; None: every frame
         self.frame_cache: FrameFeatureCache | None = FrameFeatureCache()
         self._last_actor_loss = float("nan")
 
     # --- construction -----------------------------------------------------------------------------
-    def _make_visual(self, args: Config) -> nn.Module:
-        C, H, W = self.depth_shape
-        if self.encoder == "vmamba":
-            return VMambaVisualEncoder(args.vmamba, C, (H, W), args.feature_dim)
-        return CNNVisualEncoder(C, (H, W), args.feature_dim, args.cnn_channels)
-
     def _create_networks(self, args: Config) -> None:
         def stream() -> EncoderStream:
-            visual = self._make_visual(args)
-            return EncoderStream(visual, self.base_dim, args.vmamba, args.base_skip).to(self.device)
+            return make_stream(args, self.encoder, self.base_dim, self.depth_shape).to(self.device)
 
         self.share_encoder = bool(args.share_encoder)
         self.critic_stream = stream()
@@ -169,13 +191,20 @@ class TD3Agent(BaseAgent):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
 
     def _configure_optimizers(self, args: Config) -> None:
-        actor_params = list(self.actor.parameters())
-        if self.actor_stream is not None:
-            actor_params += list(self.actor_stream.parameters())
-        self.actor_optimizer = make_adam(actor_params, args.actor_lr)
-        self.critic_optimizer = make_adam(
-            list(self.critic.parameters()) + list(self.critic_stream.parameters()), args.critic_lr
-        )
+        def params(head: nn.Module, stream: EncoderStream | None) -> list:
+            if stream is None:
+                return list(head.parameters())
+            if args.encoder_lr is None:
+                return list(head.parameters()) + list(stream.parameters())
+            visual = {id(p) for p in stream.visual.parameters()}
+            rest = [p for p in stream.parameters() if id(p) not in visual]
+            return [
+                {"params": list(head.parameters()) + rest},
+                {"params": list(stream.visual.parameters()), "lr": args.encoder_lr},
+            ]
+
+        self.actor_optimizer = make_adam(params(self.actor, self.actor_stream), args.actor_lr)
+        self.critic_optimizer = make_adam(params(self.critic, self.critic_stream), args.critic_lr)
 
     def modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {
@@ -195,7 +224,7 @@ class TD3Agent(BaseAgent):
         return {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
 
     def _clip_groups(self, stream: EncoderStream | None, head: nn.Module) -> list[list[nn.Parameter]]:
-        """Per-module gradient clipping groups (the spec clips each sub-network separately)."""
+        """Per-module gradient clipping groups (the design clips each sub-network separately)."""
         groups = [list(head.parameters())]
         if stream is not None:
             groups += [
@@ -318,7 +347,7 @@ class TD3Agent(BaseAgent):
         return out
 
     def train(self, progress_ratio: float = 0.0) -> dict[str, float] | None:
-        """The spec's ``train``: decay OU sigma, sample a batch, update critic (and actor, delayed)."""
+        """The design's ``train``: decay OU sigma, sample a batch, update critic (and actor, delayed)."""
         self.ou_noise.scale_sigma(progress_ratio)
         if len(self.replay_buffer) < self.batch_size:
             return None
@@ -370,12 +399,14 @@ class TD3Agent(BaseAgent):
         """One TD3 update on a tensor batch (:meth:`batch_to_tensors` output)."""
         self.total_it += 1
         self.weights_generation += 1
-        base, depth, index = b["base"], b["depth_state"], b["index_state"]
+        base, index, next_index = b["base"], b["index_state"], b["index_next"]
+        depth, next_depth = self._augment(b["depth_state"], index), self._augment(b["depth_next"], next_index)
         target_q = self.compute_target(
-            b["next_base"], b["depth_next"], b["reward"], b["terminated"], b["index_next"], b["discount"]
+            b["next_base"], next_depth, b["reward"], b["terminated"], next_index, b["discount"]
         )
         with self._autocast():
-            state = self.critic_stream(base, depth, frame_index=index)
+            visual = self.critic_stream.visual(depth)  # (U, Dv): each distinct frame once
+            state = self.critic_stream.from_features(base, visual[index])
             q1, q2 = self.critic(state, b["action"])
             critic_loss = F.mse_loss(q1.float(), target_q) + F.mse_loss(q2.float(), target_q)
         loss_value = critic_loss.item()
@@ -390,12 +421,17 @@ class TD3Agent(BaseAgent):
             "target_q": float(target_q.mean()),
             "critic_grad_norm": cgn,
             "noise_sigma": float(self.ou_noise.sigma),
+            "visual_spread": visual_spread(visual.detach()),
         }
         if self.total_it % self.policy_freq == 0:
             metrics.update(self._update_actor(base, depth, state.detach(), index))
             self._soft_update_targets()
         metrics["actor_loss"] = self._last_actor_loss
         return metrics
+
+    def _augment(self, frames: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``--augment_shift``: the distinct frames (U, C, H, W) of one side, randomly shifted."""
+        return random_shift(frames, index, self.augment_shift, self.augment_group, self._augment_gen)
 
     def _update_actor(
         self,
@@ -437,6 +473,7 @@ class TD3Agent(BaseAgent):
         return {
             "ou_noise": self.ou_noise.state_dict(),
             "noise_gen": self._noise_gen.get_state(),
+            "augment_gen": self._augment_gen.get_state(),
             "last_actor_loss": self._last_actor_loss,
         } | ({"normalizer": self.normalizer.state_dict()} if self.normalizer is not None else {})
 
@@ -445,6 +482,8 @@ class TD3Agent(BaseAgent):
             self.ou_noise.load_state_dict(state["ou_noise"])
         if "noise_gen" in state:
             self._noise_gen.set_state(state["noise_gen"].cpu())
+        if "augment_gen" in state:
+            self._augment_gen.set_state(state["augment_gen"].cpu())
         self._last_actor_loss = float(state.get("last_actor_loss", float("nan")))
         if self.normalizer is not None and "normalizer" in state:
             self.normalizer.load_state_dict(state["normalizer"])

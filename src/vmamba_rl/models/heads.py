@@ -11,7 +11,8 @@ from vmamba_rl.config import CRITIC_NORMS
 def _ln_mlp(
     in_dim: int, hidden: int, out_dim: int, final_init: float = 3e-3, norm_dim: int | None = None
 ) -> nn.Sequential:
-    """LN(in) -> Linear -> LN -> ReLU -> Linear -> LN -> ReLU -> Linear(out), as the spec lists.
+    """LN(in) -> Linear -> LN -> ReLU -> Linear -> LN -> ReLU -> Linear(out), as the design lists
+    (docs/design.md).
 
     The last layer starts at U(-final_init, final_init) (DDPG's choice): the actor's tanh starts in its
     linear range instead of near saturation, where its gradient vanishes and TD3 can stick at a corner
@@ -46,7 +47,7 @@ class Actor(nn.Module):
 class Critic(nn.Module):
     """(context (B, repr_dim), action (B, A)) -> (Q1 (B, 1), Q2 (B, 1)): two independent LN-MLPs.
 
-    ``input_norm="joint"`` is the spec's LayerNorm(repr_dim + action_dim) over the concatenation.
+    ``input_norm="joint"`` is the design's LayerNorm(repr_dim + action_dim) over the concatenation.
     ``"state"`` normalises the context alone and appends the raw action (as DrQ-v2's critic does). Why:
     the joint LayerNorm divides the 3 action entries by the context's spread; after 4,500 updates on
     DroneNav-v0 that spread was 24 and Q moved by at most 0.11 across the whole yaw range (measured,

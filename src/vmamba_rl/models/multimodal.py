@@ -20,13 +20,12 @@ own initialisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
-
-from vmamba_rl.config import Config
-from vmamba_rl.models.cnn import CNNVisualEncoder
 
 
 def orthogonal_init(module: nn.Module, gain: float = 1.0) -> nn.Module:
@@ -50,23 +49,6 @@ class VectorEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def make_image_embedding(cfg: Config, in_chans: int, img_size: tuple[int, int]) -> nn.Module:
-    """``cfg.image_encoder`` "cnn" -> the baseline ``CNNVisualEncoder`` (stride-2 convs with channels
-    ``cfg.cnn_channels``, Linear, LayerNorm; orthogonal init here); "vmamba" ->
-    ``VMambaVisualEncoder`` from :mod:`vmamba_rl.models.vmamba` (imported here so this module does not
-    depend on it unless asked). Both map (B, in_chans, H, W) -> (B, embed_size)."""
-    if cfg.image_encoder == "cnn":
-        # The project's one small CNN (also the TD3 baseline's), not a second copy of it.
-        return orthogonal_init(CNNVisualEncoder(in_chans, img_size, cfg.embed_size, cfg.cnn_channels))
-    if cfg.image_encoder == "vmamba":
-        from vmamba_rl.models.vmamba import VMambaVisualEncoder
-
-        return VMambaVisualEncoder(
-            cfg.vmamba, in_chans=in_chans, img_size=img_size, out_features=cfg.embed_size
-        )
-    raise ValueError(f"image_encoder must be 'cnn' or 'vmamba', got {cfg.image_encoder!r}")
 
 
 # --- fusion --------------------------------------------------------------------------------------------
@@ -203,29 +185,42 @@ class MultimodalEncoder(nn.Module):
     ``observation_space`` is the single-step Dict space. With ``action_dim > 0`` the encoder also takes an
     action (critics): an extra token for attention fusion, concatenated raw for MLP fusion.
 
-    forward(obs {key: (B, K, *shape)}, action (B, A) | None) -> (B, out_dim) with ``out_dim =
-    cfg.fusion_hidden``. Vectors should already be normalised; images may be uint8.
+    forward(obs {key: (B, K, *shape)}, action (B, A) | None) -> (B, fusion_hidden). Vectors should
+    already be normalised; images may be uint8.
+
+    ``image_embedding(in_chans, (H, W))`` builds the module that embeds an image modality's K frames,
+    stacked as channels, into ``embed_size`` features; vectors get a :class:`VectorEmbedding` of their K
+    steps concatenated. ``fusion`` is "mlp" or "attention" (with the ``attention_*`` sizes).
     """
 
     def __init__(
         self,
         observation_space: gym.spaces.Dict,
-        cfg: Config,
+        image_embedding: Callable[[int, tuple[int, int]], nn.Module],
+        embed_size: int = 128,
+        fusion: str = "mlp",
+        fusion_hidden: int = 256,
         history: int = 1,
         action_dim: int = 0,
         dropout: float = 0.0,
+        attention_heads: int = 8,
+        attention_dim_head: int = 32,
+        attention_depth: int = 1,
+        attention_ff_dim: int = 128,
     ) -> None:
         super().__init__()
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
+        if fusion not in ("mlp", "attention"):
+            raise ValueError(f"fusion must be 'mlp' or 'attention', got {fusion!r}")
         self.history = history
         self.action_dim = action_dim
-        self.fusion_type = cfg.fusion
-        self.out_dim = cfg.fusion_hidden
+        self.fusion_type = fusion
+        self.out_dim = fusion_hidden
         self.keys: list[str] = list(observation_space.spaces)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.kinds: dict[str, str] = {}
-        E = cfg.embed_size
+        E = embed_size
         embeds: dict[str, nn.Module] = {}
         for k in self.keys:
             space = observation_space.spaces[k]
@@ -234,13 +229,13 @@ class MultimodalEncoder(nn.Module):
             self.shapes[k] = tuple(space.shape)
             if kind == "image":
                 c, h, w = space.shape
-                embeds[k] = make_image_embedding(cfg, history * c, (h, w))  # K frames stacked as channels
+                embeds[k] = image_embedding(history * c, (h, w))  # K frames stacked as channels
             else:
                 embeds[k] = VectorEmbedding(history * int(np.prod(space.shape)), E)  # K steps concatenated
         self.embeddings = nn.ModuleDict(embeds)
         self.token_names: list[str] = list(self.keys)
         n = len(self.keys)
-        if cfg.fusion == "attention":
+        if fusion == "attention":
             if action_dim > 0:
                 self.action_embedding = VectorEmbedding(action_dim, E)
                 self.token_names.append("action")
@@ -248,18 +243,16 @@ class MultimodalEncoder(nn.Module):
             self.fusion: nn.Module = AttentionFusion(
                 n,
                 E,
-                cfg.attention_heads,
-                cfg.attention_dim_head,
-                cfg.attention_depth,
-                cfg.attention_ff_dim,
-                cfg.fusion_hidden,
-                cfg.fusion_hidden,
+                attention_heads,
+                attention_dim_head,
+                attention_depth,
+                attention_ff_dim,
+                fusion_hidden,
+                fusion_hidden,
                 dropout,
             )
-        elif cfg.fusion == "mlp":
-            self.fusion = MLPFusion(n * E + action_dim, cfg.fusion_hidden, cfg.fusion_hidden)
         else:
-            raise ValueError(f"fusion must be 'mlp' or 'attention', got {cfg.fusion!r}")
+            self.fusion = MLPFusion(n * E + action_dim, fusion_hidden, fusion_hidden)
 
     def _embed(self, obs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         out = []
@@ -313,7 +306,6 @@ __all__ = [
     "TransformerLayer",
     "VectorEmbedding",
     "count_parameters",
-    "make_image_embedding",
     "modality_kind",
     "orthogonal_init",
 ]

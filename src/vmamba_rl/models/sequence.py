@@ -1,8 +1,9 @@
 """The decision-context stream: StateMLP, FusionMLP, TemporalMamba, CrossAttention, MambaSequenceEncoder.
 
-``MambaSequenceEncoder`` follows the spec's usage (``actor_mamba(visual_feat, state_feat)``): it takes
-per-step visual and state features and returns the context. ``EncoderStream`` is the whole stream of
-one side (actor or critic): depth + base sequences -> context, i.e. the spec's ``_process_sequence``.
+``MambaSequenceEncoder`` follows the design's usage (``actor_mamba(visual_feat, state_feat)``,
+docs/design.md): it takes per-step visual and state features and returns the context.
+``EncoderStream`` is the whole stream of one side (actor or critic): depth + base sequences ->
+context, i.e. the design's ``_process_sequence``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vmamba_rl.config import VMambaConfig
-from vmamba_rl.models.vmamba import SS2D, VMambaVisualEncoder
+from vmamba_rl.models.vmamba import SS2D
 
 
 class StateMLP(nn.Module):
@@ -106,7 +106,7 @@ class CrossAttention(nn.Module):
 
     @torch.no_grad()
     def get_attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """The spec's helper: (B, K, D) -> (B, K) head-averaged weights of the last step over history."""
+        """The design's helper: (B, K, D) -> (B, K) head-averaged weights of the last step over history."""
         return self.forward(x, return_weights=True)[1]
 
 
@@ -144,30 +144,37 @@ class EncoderStream(nn.Module):
     """
 
     def __init__(
-        self, visual: nn.Module, state_dim: int, vcfg: VMambaConfig, base_skip: bool = False
+        self,
+        visual: nn.Module,
+        state_dim: int,
+        state_feature_dim: int = 128,
+        hidden_dim: int = 256,
+        temporal_layers: int = 1,
+        num_heads: int = 4,
+        d_state: int = 16,
+        ssm_ratio: float = 2.0,
+        backend: str = "auto",
+        base_skip: bool = False,
     ) -> None:
-        """``base_skip``: append the newest raw (possibly normalised) base vector to the context, so the
-        heads see e.g. the sign of the goal bearing directly (context (B, Dh + Ds))."""
+        """``visual`` maps frames to ``visual.out_features`` (Dv); the sizes are the StateMLP width (Dsf)
+        and the fusion / temporal / context width (Dh); ``base_skip`` appends the newest raw (possibly
+        normalised) base vector to the context, so the heads see e.g. the sign of the goal bearing
+        directly (context (B, Dh + Ds))."""
         super().__init__()
         self.visual = visual
-        self.state = StateMLP(state_dim, vcfg.state_feature_dim)
+        self.state = StateMLP(state_dim, state_feature_dim)
         self.mamba = MambaSequenceEncoder(
             visual.out_features,
-            vcfg.state_feature_dim,
-            vcfg.hidden_dim,
-            vcfg.vmamba_temporal_layers,
-            vcfg.vmamba_num_heads,
-            vcfg.vmamba_ssm_d_state,
-            vcfg.vmamba_ssm_ratio,
-            vcfg.scan_backend,
+            state_feature_dim,
+            hidden_dim,
+            temporal_layers,
+            num_heads,
+            d_state,
+            ssm_ratio,
+            backend,
         )
         self.base_skip = base_skip
-        self.out_features = vcfg.hidden_dim + (state_dim if base_skip else 0)
-
-    @classmethod
-    def vmamba(cls, vcfg: VMambaConfig, state_dim: int, depth_shape: tuple[int, int, int]) -> EncoderStream:
-        C, H, W = depth_shape
-        return cls(VMambaVisualEncoder(vcfg, C, (H, W), vcfg.feature_dim), state_dim, vcfg)
+        self.out_features = hidden_dim + (state_dim if base_skip else 0)
 
     def forward(
         self,

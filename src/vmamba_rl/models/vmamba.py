@@ -1,10 +1,10 @@
 """The visual encoder of VMamba-TD3: PatchPartition, SS2D, VSSBlock, DownsampleV3, VMambaRLTiny.
 
-Shapes follow the spec's data-flow section. Inside the backbone tokens are channel-last
-(N, H, W, C) so that projections are plain ``nn.Linear`` (about 10% faster than 1x1 convs on CPU);
+Shapes follow the design's data flow (docs/design.md). Inside the backbone tokens are channel-last
+(N, H, W, C) so that projections are plain ``nn.Linear`` (faster than 1x1 convs on CPU);
 SS2D hands the selective scan a (N, 4*Di, L) tensor whose time axis is contiguous.
 
-Resolution rule (the spec says patch 16 but puts stage 1 at H/4): ``vmamba_patch_size`` p is the stem's
+Resolution rule (the design says patch 16 but puts stage 1 at H/4): ``vmamba_patch_size`` p is the stem's
 total stride, built from log2(p) stride-2 3x3 convs (p = 4 is VMamba v2's two-conv stem). Stages 2-4
 each halve the grid, so H and W must be multiples of 8p: 32 for p = 4 (64x64 -> 16, 8, 4, 2 tokens).
 """
@@ -12,13 +12,13 @@ each halve the grid, so H and W must be multiples of 8p: 32 for p = 4 (64x64 -> 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vmamba_rl.config import VMambaConfig
 from vmamba_rl.ops.cross_scan import cross_merge, cross_scan
 from vmamba_rl.ops.layer_norm import LayerNorm
 from vmamba_rl.ops.selective_scan import selective_scan_fn
@@ -43,7 +43,7 @@ class DropPath(nn.Module):
 
 
 class LayerScale(nn.Module):
-    """Per-channel learnable scale ``gamma * x`` (CaiT); the spec's ``vmamba_layer_scale_init``."""
+    """Per-channel learnable scale ``gamma * x`` (CaiT); the design's ``vmamba_layer_scale_init``."""
 
     def __init__(self, dim: int, init: float) -> None:
         super().__init__()
@@ -92,8 +92,8 @@ class PatchPartition(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.is_contiguous():
-            # Channels-last on CPU: oneDNN's NHWC convolutions are faster here (conv 1 -> 8 channels at
-            # 64x64, fwd + bwd: 6.1 -> 2.2 ms for 90 frames), and the LayerNorms between them then read
+            # Channels-last on CPU: oneDNN's NHWC convolutions are faster here (about 3x for the stem's
+            # first conv, docs/benchmarks.md), and the LayerNorms between them then read
             # contiguous channel rows instead of copying a permuted map. With one input channel the
             # strides say which layout it is, so they are set directly (the same memory either way).
             _, C, H, W = x.shape
@@ -320,31 +320,6 @@ class VMambaRLTiny(nn.Module):
             if isinstance(mod, SS2D):
                 mod.reset_ssm_parameters()
 
-    @classmethod
-    def from_config(
-        cls,
-        vcfg: VMambaConfig,
-        in_chans: int = 1,
-        img_size: tuple[int, int] = (64, 64),
-        out_features: int | None = None,
-    ) -> VMambaRLTiny:
-        return cls(
-            in_chans=in_chans,
-            img_size=img_size,
-            patch_size=vcfg.vmamba_patch_size,
-            hidden_dim=vcfg.vmamba_hidden_dim,
-            depths=tuple(vcfg.vmamba_num_vss_blocks),
-            d_state=vcfg.vmamba_ssm_d_state,
-            ssm_ratio=vcfg.vmamba_ssm_ratio,
-            mlp_ratio=vcfg.vmamba_mlp_ratio,
-            drop_path_rate=vcfg.vmamba_drop_path_rate,
-            layer_scale_init=vcfg.vmamba_layer_scale_init,
-            out_features=out_features or vcfg.feature_dim,
-            input_adapter=vcfg.vmamba_input_adapter,
-            use_checkpoint=vcfg.vmamba_use_checkpoint,
-            backend=vcfg.scan_backend,
-        )
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_in, H, W) -> pooled (N, 8C) features before the head."""
         if self.input_adapter is not None:
@@ -352,7 +327,7 @@ class VMambaRLTiny(nn.Module):
         x = self.patch_embed(x)  # (N, H/p, W/p, C)
         for stage, down in zip(self.stages, self.downsamples, strict=True):
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                # recompute activations in backward: memory for time (spec: gradient checkpointing)
+                # recompute activations in backward: memory for time (the design's gradient checkpointing)
                 x = checkpoint(stage, x, use_reentrant=False)
             else:
                 x = stage(x)
@@ -381,14 +356,17 @@ class VMambaVisualEncoder(nn.Module):
 
     def __init__(
         self,
-        vcfg: VMambaConfig,
         in_chans: int = 1,
         img_size: tuple[int, int] = (64, 64),
-        out_features: int | None = None,
+        out_features: int = 128,
+        *,
         max_tensor_bytes: int = 32 << 20,
+        **backbone: Any,
     ) -> None:
+        """``backbone``: the other :class:`VMambaRLTiny` arguments (``patch_size``, ``hidden_dim``,
+        ``depths``, ...; ``VMambaConfig.backbone_kwargs()`` gives them from the options)."""
         super().__init__()
-        self.backbone = VMambaRLTiny.from_config(vcfg, in_chans, img_size, out_features)
+        self.backbone = VMambaRLTiny(in_chans, img_size, out_features=out_features, **backbone)
         self.out_features = self.backbone.out_features
         self.max_tensor_bytes = max_tensor_bytes
         self._per_image = _largest_activation_bytes(self.backbone)

@@ -18,12 +18,12 @@ from torch import nn
 
 from vmamba_rl.ops.scan_cpu import _JIT, check_available, numba
 
-# Row counts below this run serially. On the 2-vCPU dev machine (two vCPUs of one core) the parallel
-# path lost to the serial one at every encoder shape up to 96 x 32 x 32 x 16 (e.g. 96 x 16 x 16 x 8 rows,
-# forward: 0.59 ms with 2 threads against 0.32 serial), so only maps well beyond those run in parallel.
+# Row counts below this run serially. On two vCPUs of one core the parallel path lost to the serial one
+# at every encoder shape up to 96 x 32 x 32 x 16 (docs/benchmarks.md, "CPU settings and kernel
+# details"), so only maps well beyond those run in parallel.
 _PAR_ROWS = 1 << 18
 # Below this many rows torch's own kernel is as fast: the autograd.Function and numba call overheads
-# (~50 us per forward + backward) eat the kernel's gain (fwd+bwd at 6144 rows x 16 channels: par).
+# eat the kernel's gain (fwd+bwd at 6144 rows x 16 channels: par).
 MIN_ROWS = 8192
 
 if numba is not None:

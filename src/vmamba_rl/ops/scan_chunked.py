@@ -24,8 +24,8 @@ import torch.nn.functional as F
 _LOG_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
 # Elements per chunk tensor (Bt x D x N x T). CPU: 4M fp32 = 16 MB keeps clear of glibc's mmap threshold.
 # GPU: the cap only trades memory for kernel launches; with 4M the light preset's batch (256 frames,
-# 4 x 128 channels, N 16) ran as 4 micro-batches x 32 chunks of 8 steps, ~10 s per TD3 update on an
-# H200, launch-bound. 64M (256 MB per fp32 tensor) lets it run as one batch in chunks of up to 32.
+# 4 x 128 channels, N 16) ran as 4 micro-batches x 32 chunks of 8 steps, launch-bound (docs/benchmarks.md,
+# "GPU"). 64M (256 MB per fp32 tensor) lets it run as one batch in chunks of up to 32.
 _CHUNK_ELEMS = {"cpu": 4 << 20, "other": 64 << 20}
 _MAX_CHUNK = 256
 _MIN_CHUNK = 8

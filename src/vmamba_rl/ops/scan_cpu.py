@@ -26,18 +26,14 @@ d delta, dB_t / dC_t (sums over the task's own channels), and dA / dD / d delta_
 partials that the kernel adds up itself (no torch reduction, whose thread team stalls on a busy CPU). Long
 sequences split a group's channels into slices of >= 16 so that a scratch buffer stays near _SLICE
 elements. Calls below _PAR_MIN elements run a serial kernel: a parallel launch (~50 us with the workqueue
-layer) costs more than such a call's whole work.
-Measured against the previous per-(batch, channel) path (one latency-bound chain per task, per-task
-overhead dominating at small L) on the 2-vCPU AMD EPYC dev VM, loaded by other jobs (+-15%), 100 images,
-SS2D stages (D, L) = (64, 64) / (128, 16) / (256, 4) / (512, 1), ns per element, one thread, process CPU
-time: forward 3.3 / 4.6 / 11.3 / 32.6 -> 2.1 / 2.1 / 2.5 / 2.6; fwd+bwd 12.9 / 14.8 / 33.0 / 96.7 ->
-9.2 / 7.1 / 7.6 / 8.6 (two threads, wall clock: similar but noisier). At L = 1024 the (L, 16) scratch
-leaves L1 and fwd+bwd is ~10% slower than the previous path; at L <= 256 it is faster.
+layer) costs more than such a call's whole work. Against a per-(batch, channel) path (one latency-bound
+chain per task, per-task overhead dominating at small L) this layout wins at every SS2D stage of the
+encoder (L <= 256); docs/benchmarks.md ("d_state 1 scan") has the numbers.
 
 Transcendentals: float32 uses inlined, branch-free exp (2^k e^r range reduction, degree-6 polynomial,
 exponent built by bit manipulation), softplus and sigmoid built on it, so LLVM vectorises the loops over
-states (and over time for softplus). Against libm calls this cut fwd+bwd at 4 x 128 channels, L = 256
-from 22.6 to 7.1 ms/image at N = 16 and from 4.4 to 2.0 at N = 1 (one thread, process CPU time).
+states (and over time for softplus); against libm calls this cut fwd+bwd to about a third
+(docs/benchmarks.md, "CPU settings and kernel details").
 _softplus_sigmoid gives both from one exp (the d_state 1 backward needs softplus and its derivative).
 float64 (used by the tests) keeps math.exp / log1p for full precision.
 """

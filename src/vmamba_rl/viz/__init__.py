@@ -13,11 +13,14 @@ Agg backend: no window opens, on a headless machine or anywhere else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vmamba_rl.viz.figures import VIZ_HINT, plot_runs, require_matplotlib
+
+if TYPE_CHECKING:
+    from vmamba_rl.viz.rollout import RolloutTrace
 
 __all__ = ["VIZ_HINT", "cmd_plot", "cmd_visualize", "plot_runs", "visualize"]
 
@@ -66,7 +69,6 @@ def visualize(
     ``frame_png`` (the last video frame) and ``summary_json`` (episode records and notes, e.g. why a
     figure was skipped).
     """
-    from vmamba_rl.viz import figures
     from vmamba_rl.viz.rollout import load_agent, rollout, write_episodes_csv
 
     require_matplotlib()
@@ -84,56 +86,8 @@ def visualize(
     files: dict[str, Path] = {"episodes_csv": write_episodes_csv(trace, out / "episodes.csv")}
     episode = np.asarray(trace.episode)
 
-    actor, critic = trace.stacked("attention"), trace.stacked("critic_attention")
-    if actor is not None:
-        np.save(out / "attention.npy", actor)
-        files["attention_npy"] = out / "attention.npy"
-        arrays = {"actor": actor, "episode": episode, "labels": np.asarray(trace.slot_labels)}
-        panels = [("actor", actor, trace.slot_labels)]
-        head_panels = []
-        actor_heads = trace.stacked("attention_heads")
-        if actor_heads is not None:
-            arrays["actor_heads"] = actor_heads
-            head_panels.append(("actor", actor_heads, trace.slot_labels))
-        if critic is not None:
-            arrays["critic"] = critic
-            arrays["critic_labels"] = np.asarray(trace.critic_slot_labels)
-            panels.append(("critic", critic, trace.critic_slot_labels))
-            critic_heads = trace.stacked("critic_attention_heads")
-            if critic_heads is not None:
-                arrays["critic_heads"] = critic_heads
-                head_panels.append(("critic", critic_heads, trace.critic_slot_labels))
-        np.savez_compressed(out / "attention.npz", **arrays)
-        files["attention_npz"] = out / "attention.npz"
-        title = (
-            "Cross-attention of the last step over the K history slots"
-            if agent.explains_history
-            else "Fusion attention over modality tokens (last layer, mean over queries)"
-        )
-        files["attention_png"] = figures.plot_attention(panels, out / "attention.png", episode, title)
-        if head_panels:
-            files["attention_heads_png"] = figures.plot_attention_heads(
-                head_panels, out / "attention_heads.png"
-            )
-    elif not any("attention.png skipped" in n for n in trace.notes):
-        trace.notes.append("no attention weights recorded; attention.png skipped")
-
-    feats = trace.feature_arrays()
-    if feats and trace.steps:
-        np.savez_compressed(out / "features.npz", episode=episode, **feats)
-        files["features_npz"] = out / "features.npz"
-        files["features_png"] = figures.plot_features(
-            {k: feats[k] for k in ("visual", "state", "context") if k in feats},
-            out / "features.png",
-            episode,
-            np.asarray(trace.success),
-            np.asarray(trace.collision),
-            np.asarray(trace.distances),
-            np.asarray(trace.out_of_bounds),
-            n_dims=n_dims,
-            mode=feature_mode,
-        )
-
+    files.update(_write_attention(trace, out, episode, agent.explains_history))
+    files.update(_write_features(trace, out, episode, n_dims, feature_mode))
     if video and trace.frames:
         from vmamba_rl.viz.video import compose_frames, require_imageio, write_video
 
@@ -159,6 +113,73 @@ def visualize(
         for note in trace.notes:
             print(f"note: {note}")
     return files
+
+
+def _write_attention(
+    trace: RolloutTrace, out: Path, episode: np.ndarray, explains_history: bool
+) -> dict[str, Path]:
+    """attention.npy ((T, K) actor weights), attention.npz (actor / critic, per head) and their figures;
+    a note in ``trace.notes`` when the agent recorded none."""
+    from vmamba_rl.viz import figures
+
+    files: dict[str, Path] = {}
+    actor, critic = trace.stacked("attention"), trace.stacked("critic_attention")
+    if actor is None:
+        if not any("attention.png skipped" in n for n in trace.notes):
+            trace.notes.append("no attention weights recorded; attention.png skipped")
+        return files
+    np.save(out / "attention.npy", actor)
+    files["attention_npy"] = out / "attention.npy"
+    arrays = {"actor": actor, "episode": episode, "labels": np.asarray(trace.slot_labels)}
+    panels = [("actor", actor, trace.slot_labels)]
+    head_panels = []
+    actor_heads = trace.stacked("attention_heads")
+    if actor_heads is not None:
+        arrays["actor_heads"] = actor_heads
+        head_panels.append(("actor", actor_heads, trace.slot_labels))
+    if critic is not None:
+        arrays["critic"] = critic
+        arrays["critic_labels"] = np.asarray(trace.critic_slot_labels)
+        panels.append(("critic", critic, trace.critic_slot_labels))
+        critic_heads = trace.stacked("critic_attention_heads")
+        if critic_heads is not None:
+            arrays["critic_heads"] = critic_heads
+            head_panels.append(("critic", critic_heads, trace.critic_slot_labels))
+    np.savez_compressed(out / "attention.npz", **arrays)
+    files["attention_npz"] = out / "attention.npz"
+    title = (
+        "Cross-attention of the last step over the K history slots"
+        if explains_history
+        else "Fusion attention over modality tokens (last layer, mean over queries)"
+    )
+    files["attention_png"] = figures.plot_attention(panels, out / "attention.png", episode, title)
+    if head_panels:
+        files["attention_heads_png"] = figures.plot_attention_heads(head_panels, out / "attention_heads.png")
+    return files
+
+
+def _write_features(
+    trace: RolloutTrace, out: Path, episode: np.ndarray, n_dims: int, feature_mode: str
+) -> dict[str, Path]:
+    """features.npz (visual / state / context features per step) and the feature-evolution figure."""
+    from vmamba_rl.viz import figures
+
+    feats = trace.feature_arrays()
+    if not (feats and trace.steps):
+        return {}
+    np.savez_compressed(out / "features.npz", episode=episode, **feats)
+    png = figures.plot_features(
+        {k: feats[k] for k in ("visual", "state", "context") if k in feats},
+        out / "features.png",
+        episode,
+        np.asarray(trace.success),
+        np.asarray(trace.collision),
+        np.asarray(trace.distances),
+        np.asarray(trace.out_of_bounds),
+        n_dims=n_dims,
+        mode=feature_mode,
+    )
+    return {"features_npz": out / "features.npz", "features_png": png}
 
 
 # --- CLI commands (``vmamba-rl visualize`` / ``vmamba-rl plot``; the parsers live in vmamba_rl.cli) -----
