@@ -4,6 +4,7 @@
     python benchmarks/scan.py --skip-slow     # full grid without the reference at L=1024, N=16
     python benchmarks/scan.py --quick         # D=128 per direction, L=256, N in {1, 16}
     python benchmarks/scan.py --cpu-preset    # only the cpu preset's d_state 1 stages, 100 images
+    python benchmarks/scan.py --device cuda   # GPU: triton kernel vs chunked torch at the presets' stages
 
 Inputs as SS2D makes them: 4 directions (G = 4 groups) of D channels each, Mamba's init (A = -(1..N),
 dt bias = inverse softplus of a log-uniform draw in [1e-3, 0.1]), float32. Every backend sees the same
@@ -16,6 +17,12 @@ cache) and once loading the cached machine code (what every later run pays).
 The full grid ends with the cpu preset's SS2D stages (d_state 1; 4 x d channels, L tokens): (d, L) =
 (16, 64), (32, 16), (64, 4), (128, 1), at its training batch of 100 images, where per-call overhead and
 short sequences matter more than at L >= 64.
+
+``--device cuda`` compares the Triton kernel with the chunked torch path on the GPU at every SS2D stage of
+the light, standard and heavy presets (64 x 64 depth, patch 4, d_state 16, ssm_ratio 2: L = 256, 64, 16,
+4) and of the cpu preset (d_state 1), for a batch of B x K = 128 x 4 frames, in fp32 and with bf16 inputs,
+timed with CUDA synchronisation; the ratio column is chunked time / triton time, and "max err" the
+largest difference of the two outputs over the largest output.
 """
 
 from __future__ import annotations
@@ -126,6 +133,82 @@ def cold_start(N: int, threads: int | None) -> tuple[float, float, float]:
     return out[0][0], out[1][0], out[1][1]
 
 
+# (preset, channels per direction and tokens at stage 1, d_state); later stages double the channels and
+# quarter the tokens
+GPU_PRESETS = (
+    ("light", 128, 256, 16),
+    ("standard", 192, 256, 16),
+    ("heavy", 256, 256, 16),
+    ("cpu", 16, 64, 1),
+)
+
+
+def time_cuda(fn, ins: list[torch.Tensor], bwd: bool, repeats: int) -> float:
+    """Median seconds per call on the GPU (synchronised around each call), after two warm-up calls."""
+    if bwd:
+        leaves = [t.detach().requires_grad_() for t in ins]
+        dy = torch.randn_like(ins[0])
+
+        def call():
+            torch.autograd.grad(fn(*leaves), leaves, dy)
+
+    else:
+        plain = [t.detach() for t in ins]
+
+        def call():
+            with torch.no_grad():
+                fn(*plain)
+
+    for _ in range(2):
+        call()
+    ts = []
+    sync = torch.cuda.synchronize if ins[0].is_cuda else (lambda: None)
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        call()
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def gpu_main(args: argparse.Namespace, dev: torch.device, frames: int = 128 * 4) -> None:
+    """Triton kernel vs chunked torch on ``dev`` (the GPU) at the presets' SS2D stages."""
+    import triton
+
+    from vmamba_rl.ops.scan_triton import selective_scan_triton
+
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU, Triton interpreter"
+    print(f"GPU: {name}; torch {torch.__version__}, triton {triton.__version__}")
+    hdr = (
+        f"{'preset':>8} {'D/dir':>5} {'L':>4} {'N':>3} {'dtype':>5} {'pass':>7} | {'chunked ms':>10} "
+        f"{'triton ms':>9} | {'ratio':>6} {'max err':>8}"
+    )
+    print(f"\nms per call for {frames} frames (median of {args.repeats} synchronised calls)")
+    print(hdr)
+    print("-" * len(hdr))
+    for preset, d0, L0, N in GPU_PRESETS:
+        for stage in range(4):
+            d, L = d0 << stage, L0 >> (2 * stage)
+            for dtype in (torch.float32, torch.bfloat16):
+                ins = [t.to(dev) for t in make_inputs(frames, d, L, N)]
+                ins = [t.to(dtype) if i in (0, 1, 3, 4) else t for i, t in enumerate(ins)]
+                with torch.no_grad():
+                    y_t = selective_scan_triton(*ins).float()
+                    y_c = selective_scan_chunked(*ins).float()
+                err = float((y_t - y_c).abs().max() / y_c.abs().max())
+                for bwd in (False, True):
+                    t_c = time_cuda(selective_scan_chunked, ins, bwd, args.repeats)
+                    t_t = time_cuda(selective_scan_triton, ins, bwd, args.repeats)
+                    kind = "fwd+bwd" if bwd else "fwd"
+                    print(
+                        f"{preset:>8} {d:>5} {L:>4} {N:>3} {str(dtype)[6:]:>5} {kind:>7} "
+                        f"| {t_c * 1e3:10.3f} {t_t * 1e3:9.3f} | {t_c / t_t:5.1f}x {err:8.1e}",
+                        flush=True,
+                    )
+                del ins
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only D=128 per direction, L=256, N in {1, 16}")
@@ -146,7 +229,13 @@ def main(argv: list[str] | None = None) -> None:
         help="measure process CPU time instead of wall time: on a machine shared with other jobs and with "
         "--threads 1 it approximates the uncontended wall time (with more threads it sums over them)",
     )
+    ap.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="cuda: triton vs chunked on the GPU"
+    )
     args = ap.parse_args(argv)
+    if args.device == "cuda":
+        gpu_main(args, torch.device("cuda"))
+        return
     global _clock
     _clock = time.process_time if args.cpu_time else time.perf_counter
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton scan kernels run under Triton's interpreter (tests/test_scan_triton.py). The
+# switch is read when triton is first imported, so it is set here, before any test imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from vmamba_rl.config import SMALL_BUDGET_TD3, Config, TD3Config, TrainConfig, make_config
 

@@ -86,7 +86,7 @@ def test_json_round_trip():
         (["--vmamba_num_heads", "3"], "--vmamba_num_heads must divide --hidden_dim (256), got 3"),
         (["--preset", "huge"], "--preset must be one of light, standard, heavy, cpu, hope, got 'huge'"),
         (["--algorithm_name", "ppo"], "--algorithm_name must be one of vmamba_td3, td3, hope_sac"),
-        (["--scan_backend", "gpu"], "--scan_backend must be one of auto, reference, chunked, cpu"),
+        (["--scan_backend", "gpu"], "--scan_backend must be one of auto, reference, chunked, cpu, triton"),
         (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
         (["--replay_segment", "0"], "--replay_segment must be >= 1, got 0"),
         (["--n_step", "0"], "--n_step must be >= 1, got 0"),

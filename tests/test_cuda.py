@@ -51,12 +51,15 @@ def _scan_inputs(Bt=2, D=32, L=64, N=16, G=4, seed=0):
     return [u, delta, A, B, C, Dskip, bias]
 
 
+@pytest.mark.parametrize("backend", ["chunked", "triton"])
 @pytest.mark.parametrize("N", [1, 16])
-def test_chunked_scan_on_gpu_matches_cpu_kernel_values_and_grads(N):
-    cpu_in = [t.clone().requires_grad_(True) for t in _scan_inputs(N=N)]
+def test_gpu_scan_matches_cpu_kernel_values_and_grads(N, backend):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    cpu_in = [t.clone().requires_grad_(True) for t in _scan_inputs(N=N, L=100)]
     gpu_in = [t.detach().to(CUDA).requires_grad_(True) for t in cpu_in]
     y_cpu = selective_scan_fn(*cpu_in, delta_softplus=True, backend="auto")  # numba kernel
-    y_gpu = selective_scan_fn(*gpu_in, delta_softplus=True, backend="auto")  # chunked torch on CUDA
+    y_gpu = selective_scan_fn(*gpu_in, delta_softplus=True, backend=backend)
     torch.testing.assert_close(y_gpu.cpu(), y_cpu.detach(), rtol=1e-4, atol=1e-4)
     w = torch.randn_like(y_cpu)
     (y_cpu * w).sum().backward()
@@ -65,11 +68,14 @@ def test_chunked_scan_on_gpu_matches_cpu_kernel_values_and_grads(N):
         torch.testing.assert_close(b.grad.cpu(), a.grad, rtol=2e-3, atol=2e-3, msg=name)
 
 
-def test_chunked_scan_under_bf16_autocast_stays_close_to_fp32():
+@pytest.mark.parametrize("backend", ["chunked", "triton"])
+def test_gpu_scan_under_bf16_autocast_stays_close_to_fp32(backend):
+    if backend == "triton":
+        pytest.importorskip("triton")
     x = [t.to(CUDA) for t in _scan_inputs()]
     ref = selective_scan_fn(*x, backend="chunked")
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        y = selective_scan_fn(*[t.bfloat16() if t.dim() == 3 else t for t in x], backend="chunked")
+        y = selective_scan_fn(*[t.bfloat16() if t.dim() == 3 else t for t in x], backend=backend)
     assert torch.isfinite(y).all()
     rel = (y.float() - ref).norm() / ref.norm()
     assert rel < 2e-2, float(rel)  # bf16 has 8 bits of mantissa: ~0.4% per rounding

@@ -310,7 +310,7 @@ def test_missing_numba_falls_back_to_chunked_with_one_warning(monkeypatch):
         raise ImportError("No module named 'numba'")
 
     monkeypatch.setattr(cpu, "check_available", missing)
-    monkeypatch.setattr(ss, "_warned_fallback", False)
+    monkeypatch.setattr(ss, "_warned_fallback", set())
     ins = [t.detach() if t is not None else None for t in make_inputs(dtype=torch.float32)]
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")

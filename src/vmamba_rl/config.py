@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 
 ALGORITHMS = ("vmamba_td3", "td3", "hope_sac")
-SCAN_BACKENDS = ("auto", "reference", "chunked", "cpu")
+SCAN_BACKENDS = ("auto", "reference", "chunked", "cpu", "triton")
 FUSIONS = ("mlp", "attention")
 IMAGE_ENCODERS = ("cnn", "vmamba")
 AMP_MODES = ("off", "bf16", "fp16")

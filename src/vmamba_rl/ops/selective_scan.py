@@ -1,10 +1,13 @@
-"""``selective_scan_fn``: one entry point, several backends (reference, chunked, cpu).
+"""``selective_scan_fn``: one entry point, several backends (reference, chunked, cpu, triton).
 
 Backends:
 - ``"reference"``: the plain loop (:mod:`vmamba_rl.ops.scan_reference`), any device, autograd through it.
 - ``"chunked"``: vectorised pure torch (:mod:`vmamba_rl.ops.scan_chunked`), any device, overflow-guarded.
 - ``"cpu"``: fused numba kernel with a hand-written backward (:mod:`vmamba_rl.ops.scan_cpu`).
-- ``"auto"``: ``cpu`` for CPU tensors when numba is importable, otherwise ``chunked``.
+- ``"triton"``: Triton kernels with a hand-written backward (:mod:`vmamba_rl.ops.scan_triton`), CUDA
+  tensors, or CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``, for tests).
+- ``"auto"``: ``cpu`` for CPU tensors when numba is importable, ``triton`` for CUDA tensors when triton is
+  importable, otherwise ``chunked`` (with one warning naming what is missing).
 """
 
 from __future__ import annotations
@@ -16,48 +19,65 @@ import torch
 
 from vmamba_rl.ops.scan_reference import selective_scan_ref
 
-BACKENDS = ("reference", "chunked", "cpu")
-_warned_fallback = False
+BACKENDS = ("reference", "chunked", "cpu", "triton")
+# the fast kernel for each device type, its module and what installs its requirement
+_FAST = {"cpu": ("cpu", "vmamba_rl.ops.scan_cpu", "pip install numba"),
+         "cuda": ("triton", "vmamba_rl.ops.scan_triton", "pip install -e '.[gpu]'")}  # fmt: skip
+_warned_fallback: set[str] = set()
 
 
-def _cpu_kernel_available() -> bool:
+def _check(module: str, device: torch.device) -> None:
+    mod = importlib.import_module(module)
+    if module.endswith("scan_triton"):
+        mod.check_available(device)
+    else:
+        mod.check_available()
+
+
+def _fast_kernel_available(device: torch.device) -> bool:
+    name, module, fix = _FAST[device.type]
     try:
-        importlib.import_module("vmamba_rl.ops.scan_cpu").check_available()
+        _check(module, device)
     except ImportError as e:
-        global _warned_fallback
-        if not _warned_fallback:
+        if name not in _warned_fallback:
             warnings.warn(
-                f"the fast CPU selective-scan kernel is unavailable ({e}); falling back to the 'chunked' "
-                "backend, which is several times slower. Install numba (pip install numba) to fix this.",
+                f"the fast {device.type} selective-scan kernel '{name}' is unavailable ({e}); falling back "
+                f"to the 'chunked' backend, which is several times slower. {fix} fixes this.",
                 RuntimeWarning,
                 stacklevel=3,
             )
-            _warned_fallback = True
+            _warned_fallback.add(name)
         return False
     return True
 
 
-def available_backends() -> list[str]:
-    """Backends usable on this machine (``cpu`` needs numba)."""
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends usable for tensors on ``device`` (``cpu`` needs numba; ``triton`` needs triton and a CUDA
+    device, or Triton's interpreter)."""
+    device = torch.device(device)
     out = ["reference", "chunked"]
-    try:
-        importlib.import_module("vmamba_rl.ops.scan_cpu").check_available()
-        out.append("cpu")
-    except ImportError:
-        pass
+    for name, module, _ in _FAST.values():
+        try:
+            _check(module, device)
+        except (ImportError, ValueError):
+            continue
+        if name != "cpu" or device.type == "cpu":
+            out.append(name)
     return out
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Map ``"auto"`` to a concrete backend for tensors on ``device``."""
     if backend == "auto":
-        if device.type == "cpu" and _cpu_kernel_available():
-            return "cpu"
+        if device.type in _FAST and _fast_kernel_available(device):
+            return _FAST[device.type][0]
         return "chunked"
     if backend not in BACKENDS:
         raise ValueError(f"scan backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"scan backend 'cpu' needs CPU tensors, got tensors on {device}")
+    if backend == "triton":
+        _check(_FAST["cuda"][1], device)  # ImportError / ValueError saying what is missing
     return backend
 
 
@@ -101,6 +121,10 @@ def selective_scan_fn(
         from vmamba_rl.ops.scan_chunked import selective_scan_chunked
 
         return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    if name == "triton":
+        from vmamba_rl.ops.scan_triton import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
     from vmamba_rl.ops.scan_cpu import selective_scan_cpu
 
     return selective_scan_cpu(u, delta, A, B, C, D, delta_bias, delta_softplus)
