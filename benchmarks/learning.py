@@ -41,17 +41,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scripted_nav import go_to_goal  # noqa: E402  (the blind yardstick lives beside this script)
+from vmamba_rl.config import NAV_RECIPE  # noqa: E402
 
 PROJECT = ("vmamba_td3", "td3", "hope_sac")
 SB3 = ("sb3_sac", "sb3_td3")
-# The recipe the project's runs train with unless --extra overrides it (docs/results.md).
-RECIPE: dict[str, Any] = {
-    "action_repeat": 3,
-    "ou_sigma": 0.3,
-    "ou_sigma_min": 0.05,
-    "curriculum": [{"goal_wall_margin": 19}, {"goal_wall_margin": 12}],
-    "curriculum_threshold": 0.6,
-}
+# The recipe the project's runs train with unless --extra overrides it (the cpu preset carries it too).
+RECIPE: dict[str, Any] = NAV_RECIPE
 
 
 def _base_config(args: argparse.Namespace, algorithm: str, seed: int, run_name: str) -> Any:
@@ -68,6 +63,7 @@ def _base_config(args: argparse.Namespace, algorithm: str, seed: int, run_name: 
         max_timesteps=args.steps,
         eval_interval=args.eval_interval,
         eval_episodes=args.eval_episodes,
+        final_eval_episodes=0,  # score() plays the fresh episodes of every level
         save_interval=args.steps,
         log_dir=args.out,
         run_name=run_name,

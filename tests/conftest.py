@@ -12,9 +12,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from vmamba_rl.config import SMALL_BUDGET_TD3, Config, TD3Config, TrainConfig, make_config
+from vmamba_rl.config import NAV_RECIPE, SMALL_BUDGET_TD3, Config, TD3Config, TrainConfig, make_config
 
 TD3_DEFAULTS = {**vars(TD3Config()), **vars(TrainConfig())}
+# tests built on the cpu preset run the design's exploration and episodes (no action repeat, no
+# curriculum) unless they ask for the navigation recipe
+NO_NAV_RECIPE = {name: TD3_DEFAULTS[name] for name in NAV_RECIPE} | {"curriculum": []}
 
 # Small enough that one update takes milliseconds; the layer logic is the same at every size.
 TINY_AGENT = dict(
@@ -37,6 +40,8 @@ TINY_AGENT = dict(
     # the design's TD3: the cpu preset's small-budget recipe back at the defaults (tests that want the
     # recipe ask for SMALL_BUDGET_TD3)
     **{name: TD3_DEFAULTS[name] for name in SMALL_BUDGET_TD3},
+    **NO_NAV_RECIPE,
+    final_eval_episodes=0,
 )
 
 

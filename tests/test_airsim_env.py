@@ -785,11 +785,13 @@ def test_trainer_stops_cleanly_when_simulator_is_gone(server, tmp_path, monkeypa
 
     monkeypatch.setenv("VMAMBA_AIRSIM", json.dumps(env_options(server, max_steps=5, success_radius=0.01)))
     server.inject("moveByVelocity", "down", after=17)  # mid-way through the 4th episode
+    # the cpu preset's networks with one step per decision and no curriculum
     argv = ["train", "--preset", "cpu", "--algorithm_name", "td3", "--env_name", "AirSimEnv-v42",
             "--max_timesteps", "40", "--learning_starts", "30", "--batch_size", "4", "--seq_len", "2",
             "--cnn_channels", "8", "8", "--feature_dim", "16", "--state_feature_dim", "8",
             "--hidden_dim", "16", "--eval_interval", "0", "--eval_episodes", "0", "--save_interval", "5",
-            "--log_dir", str(tmp_path), "--run_name", "gone", "--no-progress"]  # fmt: skip
+            "--log_dir", str(tmp_path), "--run_name", "gone", "--no-progress",
+            "--action_repeat", "1", "--curriculum"]  # fmt: skip
     assert main(argv) == 3
     err = capsys.readouterr().err
     assert f"127.0.0.1:{server.port}" in err and "--resume" in err

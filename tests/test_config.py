@@ -7,7 +7,15 @@ import json
 import pytest
 
 from vmamba_rl.cli import main
-from vmamba_rl.config import CPU_SIZES, SMALL_BUDGET_TD3, Config, ConfigError, make_config, parse_config
+from vmamba_rl.config import (
+    CPU_SIZES,
+    NAV_RECIPE,
+    SMALL_BUDGET_TD3,
+    Config,
+    ConfigError,
+    make_config,
+    parse_config,
+)
 
 
 def test_defaults_are_the_spec_values():
@@ -47,12 +55,14 @@ def test_presets_resolve_to_documented_values(name):
     assert preset == documented
 
 
-def test_cpu_preset_is_its_sizes_plus_the_small_budget_recipe():
+def test_cpu_preset_is_its_sizes_plus_the_small_budget_and_navigation_recipes():
     cpu, plain = make_config("cpu"), make_config()
-    for name, value in {**CPU_SIZES, **SMALL_BUDGET_TD3}.items():
+    for name, value in {**CPU_SIZES, **SMALL_BUDGET_TD3, **NAV_RECIPE}.items():
         assert getattr(cpu, name) == value, name
-    for name, value in SMALL_BUDGET_TD3.items():
+    for name, value in {**SMALL_BUDGET_TD3, **NAV_RECIPE}.items():
         assert getattr(plain, name) != value, name  # each recipe entry changes the design's TD3
+    # the main job: the easy level, scored at its end on 100 fresh episodes
+    assert cpu.level == "easy" and cpu.final_eval_episodes == 100 and plain.final_eval_episodes == 0
 
 
 def test_explicit_flags_override_preset():
@@ -64,6 +74,7 @@ def test_explicit_flags_override_preset():
 def test_curriculum_stages_parse_as_json_objects():
     cfg = parse_config(["--curriculum", '{"goal_wall_margin": 19}', "{}", "--curriculum_window", "20"])
     assert cfg.curriculum == [{"goal_wall_margin": 19}, {}] and cfg.curriculum_window == 20
+    assert parse_config(["--preset", "cpu", "--curriculum"]).curriculum == []  # the preset's turned off
     back = Config.from_dict(json.loads(cfg.to_json()))
     assert back.curriculum == cfg.curriculum
 

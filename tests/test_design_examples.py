@@ -164,7 +164,7 @@ def test_custom_training_loop_stores_every_step_in_the_design_form_and_trains(tm
 
 
 def test_the_design_form_of_add_scales_actions_and_starts_episodes_after_done():
-    cfg = make_config("cpu", level="empty", scan_backend="chunked", buffer_size=100)
+    cfg = make_config("cpu", level="empty", scan_backend="chunked", buffer_size=100, action_repeat=1)
     env = make_env(cfg)
     agent = make_agent(env, None, cfg)
     obs, _ = env.reset(seed=1)

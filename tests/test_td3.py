@@ -77,6 +77,19 @@ def test_target_is_clipped_double_q_without_bootstrap_on_termination():
     assert torch.allclose(y_n, expect_n, atol=1e-6)
 
 
+def test_critic_target_mean_averages_the_two_target_critics():
+    agent = make(policy_noise=0.0, critic_target="mean")
+    b = batch(terminated=[0, 1, 0, 0])
+    nb, nd = b["base"][:, 1:], b["depth"][:, 1:]
+    y = agent.compute_target(nb, nd, b["reward"], b["terminated"])
+    with torch.no_grad():
+        q1, q2 = agent.critic_target(agent.critic_stream_target(nb, nd), agent.actor_target(
+            agent.actor_stream_target(nb, nd)))  # fmt: skip
+    assert not torch.allclose(q1, q2)  # otherwise mean and min agree and this test cannot fail
+    expect = b["reward"] + 0.99 * (1 - b["terminated"]) * (q1 + q2) / 2
+    assert torch.allclose(y, expect, atol=1e-6)
+
+
 def test_target_policy_smoothing_is_clipped():
     agent = make(policy_noise=10.0, noise_clip=0.05)
     b = batch()

@@ -95,10 +95,12 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys):
         "0.5",
         "--env_kwargs",
         '{"max_steps": 30}',
+        "--final_eval_episodes",
+        "3",
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "final evaluation after 90 steps" in out and "success_rate" in out
+    assert "final evaluation after 90 steps (3 episodes)" in out and "success_rate" in out
     run = tmp_path / "r"
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["max_timesteps"] == 90 and cfg["vmamba"]["vmamba_hidden_dim"] == 8
@@ -107,6 +109,9 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys):
     assert sum(int(e["length"]) for e in episodes) <= 90
     evals = list(csv.DictReader(open(run / "eval.csv")))
     assert len(evals) >= 2 and all(0.0 <= float(e["success_rate"]) <= 1.0 for e in evals)
+    # the final evaluation is its own: 3 fresh episodes in final_eval.json, not a row of eval.csv
+    final = json.loads((run / "final_eval.json").read_text())
+    assert final["episodes"] == 3 and final["step"] == 90 and int(evals[-1]["episodes"]) == 2
     assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
     updates = list(csv.DictReader(open(run / "updates.csv")))
     assert all(float(u["critic_loss"]) >= 0 for u in updates)

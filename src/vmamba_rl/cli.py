@@ -103,6 +103,7 @@ RESUME_FLAGS = (
     "max_timesteps",
     "eval_interval",
     "eval_episodes",
+    "final_eval_episodes",
     "save_interval",
     "progress",
     "log_interval",

@@ -43,7 +43,7 @@ from vmamba_rl.checkpoint import CheckpointError, atomic_torch_save, fault_point
 from vmamba_rl.collector import Collector, CollectorError, LocalCollector, env_fns
 from vmamba_rl.config import Config
 from vmamba_rl.envs.make import last_frames, make_env  # noqa: F401  (their old home; users import them here)
-from vmamba_rl.evaluation import format_table
+from vmamba_rl.evaluation import SCORE_SEED, evaluate, format_table, strict_json
 
 CHECKPOINT = "checkpoint.pt"
 REPLAY_GLOB = "replay-*.npz"  # one per save: replay-<step>.npz
@@ -344,15 +344,25 @@ class Trainer:
     def _finish(self) -> dict[str, Any] | None:
         """At the budget: the final checkpoint (open episodes recorded for resume) and evaluation."""
         self.save_checkpoint()
-        if self.cfg.eval_episodes <= 0:
+        n_final = self.cfg.final_eval_episodes
+        if n_final > 0:
+            # the final policy on fresh seeds: its score is not one the periodic evaluations chose it by
+            final = evaluate(self.agent, self.eval_env, n_final, seed=SCORE_SEED + self.cfg.seed)
+            records = final.pop("records", None)
+            (self.run_dir / "final_eval.json").write_text(strict_json({**final, "step": self.step}))
+            if records is not None:
+                final["records"] = records
+        elif self.cfg.eval_episodes <= 0:
             return None
-        ev = self.evaluation
-        if ev.last_step != self.step:
-            final = self.evaluate()
-        else:  # evaluated at this very step already (before a resume, too: the row is in eval.csv)
-            final = ev.last if ev.last is not None else ev.evaluate(self, log=False)
+        else:
+            n_final = self.cfg.eval_episodes
+            ev = self.evaluation
+            if ev.last_step != self.step:
+                final = self.evaluate()
+            else:  # evaluated at this very step already (before a resume, too: the row is in eval.csv)
+                final = ev.last if ev.last is not None else ev.evaluate(self, log=False)
         if not self.quiet:
-            print(f"\nfinal evaluation after {self.step} steps ({self.cfg.eval_episodes} episodes):")
+            print(f"\nfinal evaluation after {self.step} steps ({n_final} episodes):")
             print(format_table(final))
             best = self.evaluation.best
             if best is not None:

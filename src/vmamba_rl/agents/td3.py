@@ -156,6 +156,7 @@ class TD3Agent(BaseAgent):
             args.policy_freq,
         )
         self.batch_size, self.grad_clip = args.batch_size, args.grad_clip
+        self.critic_target_mode = args.critic_target
         self.actor_reg = args.actor_reg
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
         if self.amp_dtype is not None and self.device.type != "cuda":
@@ -380,7 +381,8 @@ class TD3Agent(BaseAgent):
             noise = (eps * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
             next_action = (next_action + noise).clamp(-1.0, 1.0)
             tq1, tq2 = self.critic_target(next_state, next_action)
-            return reward + (1.0 - terminated) * discount * torch.min(tq1, tq2).float()
+            tq = torch.min(tq1, tq2) if self.critic_target_mode == "min" else 0.5 * (tq1 + tq2)
+            return reward + (1.0 - terminated) * discount * tq.float()
 
     def _step(
         self, loss: torch.Tensor, opt: torch.optim.Optimizer, groups: list[list[nn.Parameter]]
