@@ -4,6 +4,7 @@ policy on fresh episodes of every level, and write a table, curves and a JSON of
     python benchmarks/learning.py --algorithms vmamba_td3 td3 --seeds 0 1 2 --steps 30000
     python benchmarks/learning.py --algorithms vmamba_td3 sb3_sac sb3_td3 --seeds 0 --jobs 2
     python benchmarks/learning.py --algorithms vmamba_td3 --extra '{"augment_shift": 4}' --out runs/drq
+    python benchmarks/learning.py --score runs/my-run         # an existing run's final policy, same protocol
 
 Algorithms: the project's (``vmamba_td3``, ``td3``, ``hope_sac``; ``--preset`` and ``--extra``
 configure them, by default the cpu preset with the curriculum and exploration recipe of RECIPE) and,
@@ -299,6 +300,38 @@ def avoided_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def score_runs(args: argparse.Namespace) -> None:
+    """``--score``: the final policy (``checkpoint.pt``) of each run folder under the same protocol; prints
+    a line per level and writes ``score.json`` into the run folder."""
+    import torch
+
+    from vmamba_rl.agents import make_agent
+    from vmamba_rl.checkpoint import safe_torch_load
+    from vmamba_rl.config import Config
+    from vmamba_rl.envs.make import make_env
+    from vmamba_rl.training import CHECKPOINT
+
+    for run in args.score:
+        state = safe_torch_load(Path(run) / CHECKPOINT)
+        cfg = Config.from_dict(state["config"])
+        env = make_env(cfg)
+        agent = make_agent(env, None, cfg)
+        env.close()
+        agent.load_state_dict(state, where=run)
+        with torch.no_grad():
+            res = score(agent, cfg, args.score_levels, args.score_episodes)
+        print(f"{run} (decision {state['loop']['step']}):")
+        for level, r in res.items():
+            print(
+                f"  {level}: success {r['success_rate']:.2f}, collisions {r['collision_rate']:.2f}; blind "
+                f"{r['blind_success_rate']:.2f}, completes {r['avoided']:.2f} of the blind's "
+                f"{r['blind_collisions']} crash episodes"
+            )
+        (Path(run) / "score.json").write_text(
+            json.dumps({"step": state["loop"]["step"], "levels": res}, indent=1)
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algorithms", nargs="+", default=["vmamba_td3", "td3"], choices=PROJECT + SB3)
@@ -314,7 +347,13 @@ def main() -> None:
     p.add_argument("--extra", default="{}", help="JSON object of config overrides for the project's runs")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (one torch thread each)")
     p.add_argument("--out", default="runs/learning")
+    p.add_argument(
+        "--score", nargs="+", metavar="RUN", help="score the final policies of these run folders, no training"
+    )
     args = p.parse_args()
+    if args.score:
+        score_runs(args)
+        return
     if any(a in SB3 for a in args.algorithms):
         try:
             import stable_baselines3  # noqa: F401
