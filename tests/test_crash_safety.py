@@ -177,7 +177,8 @@ def test_resume_validates_its_overrides_and_names_the_flags_it_ignores(tmp_path,
     with pytest.raises(SystemExit) as exc:
         main(["train", "--resume", str(tr.run_dir), "--save_interval", "-5"])
     assert exc.value.code == 2
-    assert "--eval_interval, --eval_episodes, --final_eval_episodes and --save_interval must be >= 0" in capsys.readouterr().err
+    msg = "--eval_interval, --eval_episodes, --final_eval_episodes and --save_interval must be >= 0"
+    assert msg in capsys.readouterr().err
     started = time.time()
     assert main(["train", "--resume", str(tr.run_dir), "--critic_lr", "1e9", "--no-progress"]) == 0
     err = capsys.readouterr().err

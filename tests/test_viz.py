@@ -44,6 +44,7 @@ def run_dir(tmp_path_factory) -> Path:
         learning_starts=20,
         batch_size=4,
         eval_episodes=0,  # the final evaluation can fly 200 steps: too slow here, and not under test
+        final_eval_episodes=0,
         eval_interval=0,
         save_interval=0,
         log_dir=str(tmp),
