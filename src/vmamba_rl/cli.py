@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"first episode seed (default {SCORE_SEED}: not among the training loop's evaluation episodes)",
     )  # fmt: skip
     e.add_argument("--out", default=None, help="folder for eval.json and eval_episodes.csv")
+    e.add_argument(
+        "--rs_hybrid", action=argparse.BooleanOptionalAction, default=None,
+        help="Parking-v0: with (or without) the Reeds-Shepp hand-off (default: as trained)",
+    )  # fmt: skip
 
     i = sub.add_parser(
         "info",
@@ -69,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--seed", type=int, default=None, help=f"first episode seed (default: {EVAL_SEED} + run seed)"
     )
+
+    v.add_argument(
+        "--rs_hybrid", action=argparse.BooleanOptionalAction, default=None,
+        help="Parking-v0: with (or without) the Reeds-Shepp hand-off (default: as trained)",
+    )  # fmt: skip
 
     pl = sub.add_parser(
         "plot",
@@ -217,6 +226,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         return 2
     if ns.env_name:
         cfg.set("env_name", ns.env_name)
+    if ns.rs_hybrid is not None:
+        cfg.set("rs_hybrid", ns.rs_hybrid)
     try:
         env = make_env(cfg, level=ns.level)
         agent = make_agent(env, None, cfg)

@@ -246,6 +246,10 @@ class LocalCollector(Collector):
             o, o2 = last_frames(_take(self.obs, i)), last_frames(_take(next_obs, i))
             done = bool(terminated[i] or truncated[i])
             fault, refused = info.get("simulator_fault"), 0
+            # a planner in the environment (the Reeds-Shepp hand-off) may drive another action than the
+            # agent's: replay learns from what was driven
+            if "executed_action" in info:
+                actions[i] = info["executed_action"]
             if fault is None:
                 try:
                     agent.store_transition(

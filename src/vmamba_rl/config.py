@@ -236,6 +236,12 @@ class TrainConfig:
         "hold each action for this many environment steps, rewards summed (1 = off); --max_timesteps, "
         "intervals and logs then count agent decisions",
     )
+    rs_hybrid: bool = opt(
+        False,
+        "Parking-v0: HOPE's hybrid policy; within --rs_max_dist of the target a collision-free "
+        "Reeds-Shepp path takes over and its actions enter replay like the policy's",
+    )
+    rs_max_dist: float = opt(10.0, "distance to the target [m] below which the Reeds-Shepp hand-off is tried")
     learning_starts: int = opt(2000, "decisions of random actions before the policy acts and updates begin")
     updates_per_step: float = opt(
         1.0, "gradient updates per env step after learning_starts (0.25 = one per 4 steps)"
@@ -688,6 +694,18 @@ def _validate_train(cfg: Config) -> None:
     )
     _check(tr.curriculum_window >= 1, f"--curriculum_window must be >= 1, got {tr.curriculum_window}")
     _check(tr.action_repeat >= 1, f"--action_repeat must be >= 1, got {tr.action_repeat}")
+    _check(
+        tr.rs_max_dist > 0 and math.isfinite(tr.rs_max_dist),
+        f"--rs_max_dist must be a finite distance > 0 m, got {tr.rs_max_dist}",
+    )
+    _check(
+        not tr.rs_hybrid or tr.env_name == "Parking-v0",
+        f"--rs_hybrid plans Reeds-Shepp paths for Parking-v0 only; --env_name is {tr.env_name!r}",
+    )
+    _check(
+        not tr.rs_hybrid or tr.action_repeat == 1,
+        f"--rs_hybrid drives planned actions one step each; use --action_repeat 1 (got {tr.action_repeat})",
+    )
     _check(tr.replay_segment >= 1, f"--replay_segment must be >= 1, got {tr.replay_segment}")
     _check(
         tr.buffer_size > tr.seq_len + 1,

@@ -17,7 +17,8 @@ def make_env(
     overrides: dict[str, Any] | None = None,
 ) -> gym.Env:
     """``gymnasium.make(env_name, level=...)``, reduced to ``--modalities`` if given, with
-    ``--action_repeat``, wrapped in the K-step SequenceHistory the agents read.
+    ``--action_repeat``, wrapped in the K-step SequenceHistory the agents read; with ``--rs_hybrid`` the
+    Reeds-Shepp hand-off sits right on the environment.
 
     A simulator that can reconnect (AirSim) is wrapped in :class:`SimulatorRecovery` first, so faults
     are handled inside the environment and the training loop never sees simulator specifics.
@@ -44,6 +45,10 @@ def make_env(
         ) from e
     if hasattr(env.unwrapped, "reconnect"):
         env = SimulatorRecovery(env)
+    if cfg.rs_hybrid:
+        from vmamba_rl.planning.handoff import ReedsSheppHybrid
+
+        env = ReedsSheppHybrid(env, max_dist=cfg.rs_max_dist)
     if cfg.modalities is not None:
         available = list(getattr(env.observation_space, "spaces", {}))
         missing = [k for k in cfg.modalities if k not in available]

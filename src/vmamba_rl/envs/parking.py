@@ -66,6 +66,7 @@ WHEELBASE = 2.8  # m
 REAR_OVERHANG = 0.5 * (CAR_LENGTH - WHEELBASE)  # m, rear bumper behind the rear axle (symmetric overhangs)
 CENTER_OFFSET = 0.5 * CAR_LENGTH - REAR_OVERHANG  # m, geometric centre ahead of the rear axle
 MAX_STEER = 0.75  # rad
+MIN_TURN_RADIUS = WHEELBASE / float(np.tan(MAX_STEER))  # m, rear-axle circle at full steer (3.01 m)
 MAX_SPEED = 2.5  # m/s
 SUBSTEP_DT = 0.05  # s
 N_SUBSTEPS = 10  # 0.5 s per env step
@@ -118,6 +119,17 @@ def _rollout_nb(x: float, y: float, yaw: float, steer: float, speed: float, n: i
         out[k, 0] = x
         out[k, 1] = y
         out[k, 2] = yaw
+    return out
+
+
+@njit(cache=True)
+def _simulate_nb(x: float, y: float, yaw: float, actions: np.ndarray) -> np.ndarray:
+    """Sub-step poses (n * N_SUBSTEPS, 3) of driving actions (n, 2) one step each, as ``step`` does."""
+    out = np.empty((actions.shape[0] * N_SUBSTEPS, 3))
+    for i in range(actions.shape[0]):
+        poses = _rollout_nb(x, y, yaw, actions[i, 0], actions[i, 1], N_SUBSTEPS)
+        out[i * N_SUBSTEPS : (i + 1) * N_SUBSTEPS] = poses
+        x, y, yaw = poses[-1, 0], poses[-1, 1], poses[-1, 2]
     return out
 
 
@@ -483,6 +495,9 @@ class ParkingEnv(gym.Env):
             environment acts as a safety layer: a blocked step just ends early, at no cost.
         slot_type: None (random where the level offers both), "bay" or "parallel"; also a reset option.
 
+    The Reeds-Shepp hand-off (:class:`vmamba_rl.planning.handoff.ReedsSheppHybrid`) plans with
+    :meth:`simulate`, :meth:`first_blocked` and :meth:`coverage_at` and sets :attr:`planned_path`.
+
     ``info``: is_success, is_collision, is_out_of_bounds, is_timeout, path_length [m], slot_type,
     level, coverage (car-goal intersection / goal area), iou, distance [m].
     """
@@ -565,6 +580,8 @@ class ParkingEnv(gym.Env):
         fill_convex_nb(self._car_channel, car_px, 255)
 
         self.scene: ParkingScene | None = None
+        #: poses (K, 3) of a planned path that render() draws (set by a planner; cleared at reset)
+        self.planned_path: np.ndarray | None = None
         self._done = False
         self.state = np.zeros(3)
 
@@ -612,6 +629,7 @@ class ParkingEnv(gym.Env):
         self._img_px = np.empty_like(self._img_polys)  # pixel-coordinate buffers reused every step
         self._goal_px = np.empty((1, 4, 2))
         self.state = np.asarray(start, dtype=np.float64).copy()
+        self.planned_path = None
         self._t = 0
         self._done = False
         self._path_length = 0.0
@@ -704,6 +722,17 @@ class ParkingEnv(gym.Env):
             p, _CAR_LOCAL, self._obstacles, self._obs_center, self._obs_radius, self._bounds
         )
         return int(idx), ("", "collision", "out_of_bounds")[reason]
+
+    def simulate(self, actions: np.ndarray, pose: np.ndarray | None = None) -> np.ndarray:
+        """Sub-step poses (n * 10, 3) that driving ``actions`` (n, 2) from ``pose`` (default: the car's)
+        would visit, with this environment's own integrator; the state is not changed."""
+        x, y, yaw = self.state if pose is None else np.asarray(pose, dtype=np.float64)
+        acts = np.ascontiguousarray(actions, dtype=np.float64).reshape(-1, 2)
+        return _simulate_nb(float(x), float(y), float(yaw), acts)
+
+    def coverage_at(self, pose: np.ndarray) -> float:
+        """Fraction of the goal footprint the car would cover at ``pose`` (x, y, yaw)."""
+        return convex_intersection_area_nb(car_polygon(*pose), self._goal) / _CAR_AREA
 
     def _advance(self, steer: float, speed: float) -> tuple[bool, bool]:
         """Integrate one step; stop at the last free sub-step pose on contact. Returns (collided, out)."""
@@ -860,6 +889,14 @@ class ParkingEnv(gym.Env):
         pp = px(pts.reshape(-1, 2)).astype(int)
         ok = (pp[:, 0] >= 0) & (pp[:, 0] < width) & (pp[:, 1] >= 0) & (pp[:, 1] < height)
         canvas[pp[ok, 1], pp[ok, 0]] = (220, 60, 60)
+        if self.planned_path is not None and len(self.planned_path):
+            # the Reeds-Shepp hand-off's path (rear-axle track), 3 px wide, magenta
+            pp = px(self.planned_path[:, :2]).astype(int)
+            for dx in (-1, 0, 1):
+                for dy in (-1, 0, 1):
+                    q = pp + (dx, dy)
+                    ok = (q[:, 0] >= 0) & (q[:, 0] < width) & (q[:, 1] >= 0) & (q[:, 1] < height)
+                    canvas[q[ok, 1], q[ok, 0]] = (200, 40, 200)
         # action-mask summary
         mask = self._last_obs["action_mask"]
         bar_w = width // len(mask)

@@ -51,6 +51,7 @@ def visualize(
     n_dims: int = 8,
     device: str = "cpu",
     verbose: bool = False,
+    rs_hybrid: bool | None = None,
 ) -> dict[str, Path]:
     """Roll out a checkpoint deterministically and write its figures, arrays and video to ``out_dir``.
 
@@ -62,6 +63,8 @@ def visualize(
         max_steps: truncate each episode after this many decisions (shorter videos).
         video: False skips rendering (faster; no GIF / MP4 / frame PNG).
         feature_mode: ``"first"`` (the first ``n_dims`` feature dimensions) or ``"pca"``.
+        rs_hybrid: Parking-v0 with (True) or without (False) the Reeds-Shepp hand-off, None as trained;
+            the video draws a planned path in magenta.
 
     Returns the written files by kind: ``attention_png``, ``attention_heads_png``, ``attention_npy``
     ((T, K) actor weights, rows sum to 1), ``attention_npz`` (actor / critic, per head),
@@ -78,7 +81,9 @@ def visualize(
         require_imageio()  # fail before the rollout, not after it
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    agent, env, cfg = load_agent(checkpoint, device=device, render_mode="rgb_array" if video else None)
+    agent, env, cfg = load_agent(
+        checkpoint, device=device, render_mode="rgb_array" if video else None, rs_hybrid=rs_hybrid
+    )
     try:
         trace = rollout(agent, env, cfg, episodes=episodes, seed=seed, max_steps=max_steps, render=video)
     finally:
@@ -206,6 +211,7 @@ def cmd_visualize(ns: Any) -> int:
             max_steps=ns.max_steps,
             seed=ns.seed,
             verbose=True,
+            rs_hybrid=ns.rs_hybrid,
         )
     except (ImportError, CheckpointError, ConfigError, ValueError, gym.error.Error) as err:
         print(f"error: {err}", file=sys.stderr)

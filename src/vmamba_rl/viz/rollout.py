@@ -83,9 +83,14 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
 
 
 def load_agent(
-    checkpoint: str | Path, device: str = "cpu", render_mode: str | None = "rgb_array"
+    checkpoint: str | Path,
+    device: str = "cpu",
+    render_mode: str | None = "rgb_array",
+    rs_hybrid: bool | None = None,
 ) -> tuple[Any, gym.Env, Any]:
-    """Checkpoint (or run folder) -> (agent with loaded weights, K-step env, Config)."""
+    """Checkpoint (or run folder) -> (agent with loaded weights, K-step env, Config).
+
+    ``rs_hybrid``: True / False turns the Reeds-Shepp hand-off on / off (None: as trained)."""
     from vmamba_rl.agents import make_agent
     from vmamba_rl.checkpoint import CheckpointError, safe_torch_load
     from vmamba_rl.config import Config
@@ -97,6 +102,8 @@ def load_agent(
         raise CheckpointError(f"{str(path)!r} holds no config; it was not written by vmamba-rl train")
     cfg = Config.from_dict(state["config"])
     cfg.set("device", device)  # a GPU-trained checkpoint visualises on any machine
+    if rs_hybrid is not None:
+        cfg.set("rs_hybrid", rs_hybrid)
     try:
         env = make_env(cfg, render_mode=render_mode)
     except (TypeError, ValueError, gym.error.Error):

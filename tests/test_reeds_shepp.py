@@ -1,0 +1,226 @@
+"""Reeds-Shepp paths and HOPE's hand-off: exact end poses, optimality against rsplan, curvature, the
+collision-checked search on Parking-v0 and the hybrid wrapper that replay learns from."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import TINY_SAC, tiny_config
+from vmamba_rl.agents import make_agent
+from vmamba_rl.collector import LocalCollector, env_fns
+from vmamba_rl.config import ConfigError, make_config
+from vmamba_rl.envs.geometry import oriented_rectangle
+from vmamba_rl.envs.parking import (
+    MAX_SPEED,
+    MAX_STEER,
+    MIN_TURN_RADIUS,
+    WHEELBASE,
+    ParkingEnv,
+    ParkingScene,
+)
+from vmamba_rl.planning.handoff import ReedsSheppHybrid, ReedsSheppPlanner, path_actions
+from vmamba_rl.planning.reeds_shepp import RSPath, reeds_shepp_paths
+
+R = MIN_TURN_RADIUS
+
+
+def _pairs(n: int, seed: int, span: float = 10.0) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            np.array([*rng.uniform(-span, span, 2), rng.uniform(-np.pi, np.pi)]),
+            np.array([*rng.uniform(-span, span, 2), rng.uniform(-np.pi, np.pi)]),
+        )
+        for _ in range(n)
+    ]
+
+
+def _pose_error(a: np.ndarray, b: np.ndarray) -> float:
+    return max(abs(a[0] - b[0]), abs(a[1] - b[1]), abs(math.remainder(a[2] - b[2], 2 * math.pi)))
+
+
+def test_turning_radius_is_the_bicycle_models() -> None:
+    assert R == pytest.approx(WHEELBASE / math.tan(MAX_STEER))
+    assert R == pytest.approx(3.006, abs=1e-3)
+
+
+def test_every_candidate_ends_on_the_goal() -> None:
+    counts = []
+    for start, goal in _pairs(1000, seed=0):
+        paths = reeds_shepp_paths(start, goal, R)
+        counts.append(len(paths))
+        for p in paths:
+            assert _pose_error(p.end_pose(start), goal) < 1e-6, p.word
+            assert _pose_error(p.sample(start, 0.3)[-1], goal) < 1e-6, p.word
+        lengths = [p.length for p in paths]
+        assert lengths == sorted(lengths)
+    assert min(counts) >= 2 and max(counts) > 8  # several words per query, not just the optimum
+
+
+def test_shortest_matches_rsplan_on_1000_pose_pairs() -> None:
+    planner = pytest.importorskip("rsplan.planner")
+    for start, goal in _pairs(1000, seed=1):
+        ours = reeds_shepp_paths(start, goal, R)[0].length
+        # length_tolerance=0: rsplan otherwise prefers a path with fewer segments up to 2 m longer
+        ref = planner.path(tuple(start), tuple(goal), R, 0.0, 0.5, length_tolerance=0.0).total_length
+        assert ours == pytest.approx(ref, abs=1e-6), (start, goal)
+
+
+def test_shortest_is_not_beaten_by_brute_force_over_sampled_words() -> None:
+    """An oracle independent of both libraries: shoot random CSC / CCC paths and keep those that end
+    near the goal; none may be shorter than our optimum by more than the end tolerance allows."""
+    rng = np.random.default_rng(2)
+    start = np.zeros(3)
+    for _ in range(30):
+        kinds = tuple(rng.choice(["L", "R", "S"], size=3))
+        lengths = tuple(rng.uniform(-6, 6, size=3))
+        shot = RSPath(kinds, lengths, R)
+        goal = shot.end_pose(start)
+        assert reeds_shepp_paths(start, goal, R)[0].length <= shot.length + 1e-9
+
+
+def test_sampled_curvature_never_exceeds_the_limit() -> None:
+    for start, goal in _pairs(200, seed=3):
+        for p in reeds_shepp_paths(start, goal, R):
+            poses = np.concatenate([start[None], p.sample(start, 0.05)])
+            ds = np.hypot(*np.diff(poses[:, :2], axis=0).T)
+            dyaw = np.abs(np.diff(poses[:, 2]))
+            moving = ds > 1e-9
+            # a chord of length ds on a circle of radius R turns by 2 asin(ds / 2R) <= ds / R * (1 + 1e-3)
+            assert np.all(dyaw[moving] <= ds[moving] / R * 1.001 + 1e-12), p.word
+            assert np.all(ds <= 0.05 + 1e-9)
+
+
+def test_same_pose_and_bad_input() -> None:
+    paths = reeds_shepp_paths(np.zeros(3), np.zeros(3), R)
+    assert paths[0].length == 0.0
+    with pytest.raises(ValueError, match="radius must be a finite number > 0"):
+        reeds_shepp_paths(np.zeros(3), np.ones(3), 0.0)
+    with pytest.raises(ValueError, match="3 finite numbers"):
+        reeds_shepp_paths(np.zeros(2), np.ones(3), R)
+    with pytest.raises(ValueError, match="3 finite numbers"):
+        reeds_shepp_paths(np.array([0.0, np.nan, 0.0]), np.ones(3), R)
+    with pytest.raises(ValueError, match="step must be > 0"):
+        paths[0].sample(np.zeros(3), 0.0)
+
+
+def test_path_actions_drive_the_path_in_the_environment() -> None:
+    env = ParkingEnv(level="normal")
+    env.reset(seed=0)
+    for start, goal in _pairs(100, seed=4, span=5.0):
+        path = reeds_shepp_paths(start, goal, R)[0]
+        acts = path_actions(path)
+        assert np.all(np.abs(acts[:, 1]) <= MAX_SPEED + 1e-9)
+        assert set(np.round(acts[:, 0], 9)) <= {round(MAX_STEER, 9), 0.0, round(-MAX_STEER, 9)}
+        # distance driven equals the path length
+        assert np.abs(acts[:, 1]).sum() * 0.5 == pytest.approx(path.length, rel=1e-9)
+        end = env.simulate(acts, start)[-1]
+        # explicit Euler at 0.05 s sub-steps: exact heading, position within ~2 % of the path length
+        assert abs(math.remainder(end[2] - goal[2], 2 * math.pi)) < 1e-9
+        assert math.hypot(end[0] - goal[0], end[1] - goal[1]) <= 0.025 * path.length + 1e-9
+    with pytest.raises(ValueError, match="turning radius"):
+        path_actions(RSPath(("L",), (1.0,), 5.0))
+
+
+def _scene(obstacles: list[np.ndarray], target=(0.0, 0.0, 0.0)) -> ParkingScene:
+    return ParkingScene(
+        obstacles=np.array(obstacles).reshape(-1, 4, 2),
+        target=np.array(target, dtype=np.float64),
+        bounds=np.array([-20.0, 20.0, -20.0, 20.0]),
+        slot_type="bay",
+        slot=oriented_rectangle(0.0, 0.0, 0.0, 5.3, 2.6),
+    )
+
+
+def test_planner_parks_in_open_space_and_respects_range() -> None:
+    env = ParkingEnv(level="normal")
+    env.load_scene(_scene([]), np.array([-6.0, 3.0, 0.5]))
+    plan = ReedsSheppPlanner().plan(env)
+    assert plan is not None and plan.tried == 1  # nothing in the way: the shortest path
+    assert env.coverage_at(plan.poses[-1]) > 0.95
+    assert plan.path.length == pytest.approx(reeds_shepp_paths(env.state, env.scene.target, R)[0].length)
+    env.set_state(np.array([-12.0, 0.0, 0.0]))  # 12 m away: out of HOPE's 10 m range
+    assert ReedsSheppPlanner().plan(env) is None
+    assert ReedsSheppPlanner(max_dist=15.0).plan(env) is not None
+    with pytest.raises(ValueError, match="max_dist"):
+        ReedsSheppPlanner(max_dist=-1.0)
+    with pytest.raises(ValueError, match="length_factor"):
+        ReedsSheppPlanner(length_factor=0.5)
+
+
+def test_planner_skips_blocked_paths_and_gives_up_past_1_6x() -> None:
+    env = ParkingEnv(level="normal")
+    start = np.array([-7.0, 0.0, 0.0])
+    # a box on the straight line between start and target: the shortest path (straight ahead) is blocked
+    box = oriented_rectangle(-2.5, 0.0, 0.0, 0.6, 0.6)
+    env.load_scene(_scene([box]), start)
+    paths = reeds_shepp_paths(start, env.scene.target, R)
+    assert paths[0].kinds == ("S",)
+    assert env.first_blocked(env.simulate(path_actions(paths[0])))[0] < 10 * len(path_actions(paths[0]))
+    plan = ReedsSheppPlanner(length_factor=10.0).plan(env)
+    assert plan is not None and plan.tried > 1 and plan.path.length > paths[0].length
+    assert env.first_blocked(plan.poses)[0] == len(plan.poses)  # the chosen path is free
+    # HOPE stops at 1.6x the shortest; with factor 1 only the blocked shortest path is allowed
+    assert ReedsSheppPlanner(length_factor=1.0).plan(env) is None
+
+
+def test_hybrid_wrapper_executes_the_plan_and_reports_it() -> None:
+    env = ReedsSheppHybrid(ParkingEnv(level="easy"))
+    env.reset(seed=3)
+    plan = env.planner.plan(env.unwrapped)
+    assert plan is not None  # easy starts are within a few metres of an open bay
+    policy_action = np.array([0.3, -1.0], dtype=np.float32)
+    for k in range(len(plan.actions)):
+        _, _, terminated, truncated, info = env.step(policy_action)
+        assert info["rs_active"]
+        np.testing.assert_allclose(info["executed_action"], plan.actions[k], rtol=1e-6)
+        if terminated or truncated:
+            break
+    assert info["is_success"]
+    assert env.unwrapped.planned_path is not None and env.unwrapped.render() is None  # no render mode
+    assert len(env.plan_seconds) == 1
+    with pytest.raises(TypeError, match="needs Parking-v0"):
+        import gymnasium as gym
+
+        ReedsSheppHybrid(gym.make("DroneNav-v0"))
+
+
+def test_replay_stores_the_planned_actions() -> None:
+    cfg = tiny_config(
+        **TINY_SAC,
+        algorithm_name="hope_sac",
+        env_name="Parking-v0",
+        level="easy",
+        rs_hybrid=True,
+        learning_starts=0,
+        env_kwargs={"max_steps": 30},
+    )
+    env = ReedsSheppHybrid(ParkingEnv(level="easy"))
+    agent = make_agent(env, None, cfg)
+    col = LocalCollector(env_fns(cfg, 1), agent, cfg.seed)
+    episodes = 0
+    for _ in range(40):
+        res = col.collect(agent, random_actions=True)
+        episodes += len(res.episodes)
+    col.close()
+    buf = agent.replay_buffer
+    n = int(buf._t.sum())
+    stored = agent.scaler.to_env(buf._action[:n])
+    # every easy episode is handed off at once: replay holds the planner's actions (steer at the limit
+    # or zero), not the uniform random ones the collector drew
+    assert episodes > 0
+    assert np.all(np.isin(np.round(np.abs(stored[:, 0]), 4), [0.0, round(MAX_STEER, 4)]))
+
+
+def test_rs_hybrid_flags() -> None:
+    cfg = make_config("hope", rs_hybrid=True)
+    assert cfg.rs_hybrid and cfg.rs_max_dist == 10.0
+    with pytest.raises(ConfigError, match="--rs_hybrid plans Reeds-Shepp paths for Parking-v0 only"):
+        make_config(rs_hybrid=True)
+    with pytest.raises(ConfigError, match="--action_repeat 1"):
+        make_config("hope", rs_hybrid=True, action_repeat=2)
+    with pytest.raises(ConfigError, match="--rs_max_dist must be a finite distance > 0 m"):
+        make_config("hope", rs_max_dist=0.0)
