@@ -163,6 +163,11 @@ class SACConfig:
     sac_critic_lr: float = opt(3e-4, "hope_sac critic learning rate")
     sac_alpha_lr: float = opt(3e-4, "hope_sac temperature learning rate")
     sac_init_alpha: float = opt(0.2, "hope_sac initial temperature")
+    mask_postprocess: bool = opt(
+        False,
+        "hope_sac on Parking-v0: drive one of the 42 full-speed action-mask actions, chosen by policy "
+        "density x mask (HOPE's post-processing) instead of the policy's own action",
+    )
     sac_target_entropy: float | None = opt(
         None, "hope_sac entropy target (default: -action dimensions)", parse=float
     )

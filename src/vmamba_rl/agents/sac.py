@@ -225,6 +225,31 @@ class HopeSACAgent(BaseAgent):
         self.critic_optimizer = make_adam(self.critic.parameters(), cfg.sac_critic_lr)
         self.alpha_optimizer = make_adam([self.log_alpha], cfg.sac_alpha_lr)
 
+        self._mask_candidates: torch.Tensor | None = None
+        if cfg.mask_postprocess:
+            from vmamba_rl.envs.parking import MAX_SPEED, MAX_STEER, N_STEER_BINS
+
+            n_mask = 2 * N_STEER_BINS
+            space = observation_space.spaces.get("action_mask")
+            limits = (MAX_STEER, MAX_SPEED)
+            if (
+                space is None
+                or space.shape[-1] != n_mask
+                or A != 2
+                or not np.allclose(action_space.high, limits)
+                or not np.allclose(action_space.low, [-v for v in limits])
+            ):
+                raise ValueError(
+                    f"--mask_postprocess needs Parking-v0's {n_mask}-entry 'action_mask' observation "
+                    f"(in --modalities) and its action box +-{limits}; got observations "
+                    f"{list(observation_space.spaces)} and actions {action_space}"
+                )
+            steer = torch.linspace(-1.0, 1.0, N_STEER_BINS)
+            fwd = torch.stack([steer, torch.ones_like(steer)], 1)
+            rev = torch.stack([steer, -torch.ones_like(steer)], 1)
+            # the mask's (steer, speed) table, ParkingEnv.mask_actions, in [-1, 1] units
+            self._mask_candidates = torch.cat([fwd, rev]).to(self.device)
+
     # --- helpers ----------------------------------------------------------------------------------
     @property
     def alpha(self) -> float:
@@ -260,7 +285,7 @@ class HopeSACAgent(BaseAgent):
         ``explore``: a squashed-Gaussian sample; otherwise the deterministic ``tanh(mean)``.
         """
         with torch.no_grad(), eval_mode(self.actor):
-            a, _ = self.actor.sample(self._obs_seq_to_batch(obs_seq), deterministic=not explore)
+            a = self._policy_action(self._obs_seq_to_batch(obs_seq), obs_seq, explore)
         return self.scaler.to_env(a[0].cpu().numpy())
 
     def act_batch(
@@ -269,8 +294,23 @@ class HopeSACAgent(BaseAgent):
         """{key: (N, K, ...)} -> actions (N, A) in environment units (``noise`` unused: SAC samples)."""
         with torch.no_grad(), eval_mode(self.actor):
             batch = self._prepare(obs_to_tensor(obs, self.device, batch=False))
-            a, _ = self.actor.sample(batch, deterministic=not explore)
+            a = self._policy_action(batch, obs, explore)
         return self.scaler.to_env(a.cpu().numpy())
+
+    def _policy_action(
+        self, batch: dict[str, torch.Tensor], raw: dict[str, np.ndarray], explore: bool
+    ) -> torch.Tensor:
+        """Actions (N, A) in [-1, 1]: the squashed Gaussian's, or with --mask_postprocess the chosen
+        full-speed mask action (the newest step's raw mask, (N, 42))."""
+        if self._mask_candidates is None:
+            return self.actor.sample(batch, deterministic=not explore)[0]
+        from vmamba_rl.planning.mask import choose_masked
+
+        mean, log_std = self.actor(batch)
+        m = np.asarray(raw["action_mask"], dtype=np.float32)
+        # (42,), (K, 42) or (N, K, 42) -> the newest step's mask per row, (N, 42)
+        mask = torch.as_tensor(m.reshape(mean.shape[0], -1, m.shape[-1])[:, -1], device=self.device)
+        return choose_masked(mean, log_std, mask, self._mask_candidates, explore)
 
     def policy_modules(self) -> dict[str, nn.Module]:
         return {"actor": self.actor}

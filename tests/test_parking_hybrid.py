@@ -1,5 +1,6 @@
-"""Reeds-Shepp paths and HOPE's hand-off: exact end poses, optimality against rsplan, curvature, the
-collision-checked search on Parking-v0 and the hybrid wrapper that replay learns from."""
+"""HOPE's hybrid parts: Reeds-Shepp paths (exact end poses, optimality against rsplan, curvature), the
+collision-checked hand-off on Parking-v0 and the wrapper that replay learns from, and the action-mask
+post-processing."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import TINY_SAC, tiny_config
 from vmamba_rl.agents import make_agent
 from vmamba_rl.collector import LocalCollector, env_fns
 from vmamba_rl.config import ConfigError, make_config
 from vmamba_rl.envs.geometry import oriented_rectangle
+from vmamba_rl.envs.make import make_env
 from vmamba_rl.envs.parking import (
     MAX_SPEED,
     MAX_STEER,
@@ -224,3 +227,82 @@ def test_rs_hybrid_flags() -> None:
         make_config("hope", rs_hybrid=True, action_repeat=2)
     with pytest.raises(ConfigError, match="--rs_max_dist must be a finite distance > 0 m"):
         make_config("hope", rs_max_dist=0.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# action-mask post-processing
+
+
+def test_mask_weights_match_a_per_action_computation() -> None:
+    from vmamba_rl.planning.mask import mask_weights
+
+    g = torch.Generator().manual_seed(0)
+    mean, log_std = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g) - 1.0
+    mask = torch.rand(3, 42, generator=g)
+    cand = torch.cat([torch.stack([torch.linspace(-1, 1, 21), torch.full((21,), s)], 1) for s in (1.0, -1.0)])
+    w = mask_weights(mean, log_std, mask, cand)
+    for n in range(3):
+        ref = []
+        for j in range(42):
+            normal = torch.distributions.Normal(torch.tanh(mean[n]), log_std[n].exp())
+            per_dim = normal.log_prob(cand[j]).clamp(-10, 10)
+            ref.append(float(per_dim.sum().exp() * mask[n, j]))
+        ref_t = torch.tensor(ref)
+        torch.testing.assert_close(w[n], ref_t / ref_t.sum(), rtol=1e-4, atol=1e-7)
+    # all blocked: the density alone decides
+    w0 = mask_weights(mean, log_std, torch.zeros(3, 42), cand)
+    assert torch.all(w0 > 0) and torch.allclose(w0.sum(-1), torch.ones(3))
+
+
+def test_masked_choice_never_drives_a_blocked_action() -> None:
+    from vmamba_rl.planning.mask import choose_masked
+
+    cand = torch.cat([torch.stack([torch.linspace(-1, 1, 21), torch.full((21,), s)], 1) for s in (1.0, -1.0)])
+    mean = torch.zeros(2000, 2)  # the policy's mode: straight ahead at zero speed
+    log_std = torch.zeros(2000, 2)
+    mask = torch.ones(2000, 42)
+    mask[:, 10] = 0.0  # straight forward blocked
+    mask[:, 21:] = 0.0  # and all reverse
+    picks = choose_masked(mean, log_std, mask, cand, explore=True, generator=torch.Generator().manual_seed(1))
+    assert torch.all(picks[:, 1] == 1.0) and not torch.any(torch.all(picks == cand[10], dim=1))
+    assert len(torch.unique(picks[:, 0])) > 5  # exploring spreads over the free steering bins
+    # deterministic: the free action nearest to the policy's mean
+    mode, log_std = torch.atanh(torch.tensor([[0.88, -0.3]])), torch.full((1, 2), -1.0)
+    det = choose_masked(mode, log_std, torch.ones(1, 42), cand, explore=False)
+    torch.testing.assert_close(det, torch.tensor([[0.9, -1.0]]))
+
+
+def test_hope_sac_with_mask_postprocess_acts_from_the_mask_table() -> None:
+    cfg = tiny_config(
+        **TINY_SAC,
+        algorithm_name="hope_sac",
+        env_name="Parking-v0",
+        level="normal",
+        mask_postprocess=True,
+        modalities=["target", "action_mask"],
+    )
+    env = make_env(cfg)
+    agent = make_agent(env, None, cfg)
+    table = env.unwrapped.mask_actions
+    obs, _ = env.reset(seed=0)
+    for _ in range(20):
+        a = agent.act(obs, explore=True)
+        j = int(np.argmin(np.abs(table - a).sum(1)))
+        np.testing.assert_allclose(a, table[j], atol=1e-5)  # a full-speed mask action
+        assert obs["action_mask"][-1][j] > 0  # never a blocked one
+        obs, _, te, tr, _ = env.step(a)
+        if te or tr:
+            obs, _ = env.reset()
+    batch = {k: np.stack([v, v]) for k, v in obs.items()}
+    acts = agent.act_batch(batch, explore=False)
+    np.testing.assert_allclose(acts[0], agent.act(obs, explore=False), atol=1e-6)
+    bad = tiny_config(
+        **TINY_SAC,
+        algorithm_name="hope_sac",
+        env_name="Parking-v0",
+        level="normal",
+        mask_postprocess=True,
+        modalities=["target"],
+    )
+    with pytest.raises(ValueError, match="--mask_postprocess needs Parking-v0's 42-entry 'action_mask'"):
+        make_agent(make_env(bad), None, bad)
