@@ -306,3 +306,53 @@ def test_hope_sac_with_mask_postprocess_acts_from_the_mask_table() -> None:
     )
     with pytest.raises(ValueError, match="--mask_postprocess needs Parking-v0's 42-entry 'action_mask'"):
         make_agent(make_env(bad), None, bad)
+
+
+# ---------------------------------------------------------------------------------------------------
+# scene scheduling
+
+
+def test_schedule_warmup_takes_the_least_used_scene() -> None:
+    from vmamba_rl.envs.parking import SCHEDULE_WARMUP, SCHEDULED_SCENES
+
+    env = ParkingEnv(scene_schedule=True)
+    seen = []
+    for i in range(SCHEDULE_WARMUP):
+        _, info = env.reset(seed=i)
+        seen.append((info["level"], info["slot_type"]))
+    counts = {s: seen.count(s) for s in SCHEDULED_SCENES}
+    assert set(counts.values()) == {SCHEDULE_WARMUP // len(SCHEDULED_SCENES)}  # exactly balanced
+    # an explicit level wins over the schedule (evaluation of one level)
+    _, info = env.reset(seed=0, options={"level": "easy"})
+    assert info["level"] == "easy"
+
+
+def test_schedule_samples_toward_the_scene_furthest_below_target() -> None:
+    from vmamba_rl.envs.parking import SCHEDULE_WARMUP, SCHEDULED_SCENES
+
+    env = ParkingEnv(scene_schedule=True)
+    env.reset(seed=0)
+    env._scene_uses[:] = SCHEDULE_WARMUP  # past the warm-up
+    env._scene_results = [[False] * 250] + [[True] * 250 for _ in SCHEDULED_SCENES[1:]]
+    picks = [env._next_scene() for _ in range(4000)]
+    share = np.bincount(picks, minlength=len(SCHEDULED_SCENES)) / len(picks)
+    # the proportional half goes almost all to scene 0 (weight 0.95 against 0.01), the least-used half
+    # keeps the solved scenes in play
+    assert share[0] > 0.4
+    assert np.all(share[1:] > 0.05)
+
+
+def test_schedule_records_outcomes_and_is_training_only() -> None:
+    env = ParkingEnv(scene_schedule=True, max_steps=2)
+    env.reset(seed=0)
+    scene = env._scene
+    for _ in range(2):
+        _, _, te, tr, _ = env.step(np.zeros(2, np.float32))
+    assert tr and env._scene_results[scene] == [False]
+    cfg = tiny_config(
+        **TINY_SAC, algorithm_name="hope_sac", env_name="Parking-v0", level="normal", scene_schedule=True
+    )
+    assert make_env(cfg, training=True).unwrapped.scene_schedule
+    assert not make_env(cfg).unwrapped.scene_schedule  # evaluation runs --level
+    with pytest.raises(ConfigError, match="--scene_schedule picks Parking-v0 scenes only"):
+        make_config(scene_schedule=True)

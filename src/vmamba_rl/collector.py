@@ -392,7 +392,8 @@ class LocalCollector(Collector):
 
 
 class EnvBuilder:
-    """Picklable ``make_env(cfg, overrides=...)``: what async subprocesses and Ray workers call."""
+    """Picklable ``make_env(cfg, overrides=..., training=True)``: what async subprocesses and Ray workers
+    call (training environments: ``--scene_schedule`` applies to them, not to evaluation)."""
 
     def __init__(self, cfg_json: str, overrides: dict[str, Any] | None = None) -> None:
         self.cfg_json, self.overrides = cfg_json, overrides
@@ -401,7 +402,7 @@ class EnvBuilder:
         from vmamba_rl.config import Config
         from vmamba_rl.envs.make import make_env
 
-        return make_env(Config.from_dict(json.loads(self.cfg_json)), overrides=self.overrides)
+        return make_env(Config.from_dict(json.loads(self.cfg_json)), overrides=self.overrides, training=True)
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> EnvBuilder:
         return EnvBuilder(self.cfg_json, overrides)

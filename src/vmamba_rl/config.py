@@ -246,6 +246,11 @@ class TrainConfig:
         "Parking-v0: HOPE's hybrid policy; within --rs_max_dist of the target a collision-free "
         "Reeds-Shepp path takes over and its actions enter replay like the policy's",
     )
+    scene_schedule: bool = opt(
+        False,
+        "Parking-v0: train on HOPE's scene schedule over Normal / Complex (bay, parallel) and Extreme, "
+        "sampling toward the scenes furthest below their success target; evaluation keeps --level",
+    )
     rs_max_dist: float = opt(10.0, "distance to the target [m] below which the Reeds-Shepp hand-off is tried")
     learning_starts: int = opt(2000, "decisions of random actions before the policy acts and updates begin")
     updates_per_step: float = opt(
@@ -706,6 +711,10 @@ def _validate_train(cfg: Config) -> None:
     _check(
         not tr.rs_hybrid or tr.env_name == "Parking-v0",
         f"--rs_hybrid plans Reeds-Shepp paths for Parking-v0 only; --env_name is {tr.env_name!r}",
+    )
+    _check(
+        not tr.scene_schedule or tr.env_name == "Parking-v0",
+        f"--scene_schedule picks Parking-v0 scenes only; --env_name is {tr.env_name!r}",
     )
     _check(
         not tr.rs_hybrid or tr.action_repeat == 1,

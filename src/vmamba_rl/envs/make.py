@@ -15,6 +15,7 @@ def make_env(
     render_mode: str | None = None,
     level: str | None = None,
     overrides: dict[str, Any] | None = None,
+    training: bool = False,
 ) -> gym.Env:
     """``gymnasium.make(env_name, level=...)``, reduced to ``--modalities`` if given, with
     ``--action_repeat``, wrapped in the K-step SequenceHistory the agents read; with ``--rs_hybrid`` the
@@ -22,7 +23,8 @@ def make_env(
 
     A simulator that can reconnect (AirSim) is wrapped in :class:`SimulatorRecovery` first, so faults
     are handled inside the environment and the training loop never sees simulator specifics.
-    ``overrides``: environment keywords over ``--env_kwargs`` (a curriculum stage).
+    ``overrides``: environment keywords over ``--env_kwargs`` (a curriculum stage). ``training``: a
+    collector's environment; ``--scene_schedule`` then replaces the level by HOPE's scene schedule.
     """
     import vmamba_rl.envs  # noqa: F401  (registration)
     from vmamba_rl.envs.wrappers import ActionRepeat, SequenceHistory, SimulatorRecovery
@@ -31,6 +33,8 @@ def make_env(
     lvl = level or cfg.level
     if lvl is not None:
         kwargs["level"] = lvl
+    if training and cfg.scene_schedule:
+        kwargs["scene_schedule"] = True
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     try:

@@ -80,6 +80,13 @@ SUCCESS_COVERAGE = 0.95
 
 LEVELS = ("easy", "normal", "complex", "extreme")
 SLOT_TYPES = ("bay", "parallel")
+# HOPE's scene schedule (reference notes section 8): the scenes, their success targets, the windows
+SCHEDULED_SCENES = (("normal", "bay"), ("normal", "parallel"), ("complex", "bay"), ("complex", "parallel"),
+                    ("extreme", "parallel"))  # fmt: skip
+SCHEDULE_TARGETS = (0.95, 0.95, 0.95, 0.95, 0.90)
+SCHEDULE_WARMUP = 200  # episodes that just take the least-used scene
+SCHEDULE_USE_WINDOW = 200  # recent choices the "least used" half counts
+SCHEDULE_SUCCESS_WINDOW = 250  # recent episodes per scene its success rate counts
 
 # Car corners in the rear-axle frame, counter-clockwise (rear-right, front-right, front-left, rear-left).
 _CAR_LOCAL = np.array(
@@ -494,6 +501,11 @@ class ParkingEnv(gym.Env):
         collision_penalty: subtracted on a colliding step (HOPE: 5). With ``collision_stops`` and 0 the
             environment acts as a safety layer: a blocked step just ends early, at no cost.
         slot_type: None (random where the level offers both), "bay" or "parallel"; also a reset option.
+        scene_schedule: HOPE's scene scheduling over :data:`SCHEDULED_SCENES` (Normal / Complex bay and
+            parallel, Extreme parallel) instead of ``level``: the first 200 episodes take the least-used
+            scene; then half the time the least used of the last 200 choices, half the time a scene drawn
+            in proportion to clip(target - its success over its last 250 episodes, 0.01, 1), targets
+            :data:`SCHEDULE_TARGETS`. For training environments; a ``level`` reset option overrides it.
 
     The Reeds-Shepp hand-off (:class:`vmamba_rl.planning.handoff.ReedsSheppHybrid`) plans with
     :meth:`simulate`, :meth:`first_blocked` and :meth:`coverage_at` and sets :attr:`planned_path`.
@@ -512,8 +524,14 @@ class ParkingEnv(gym.Env):
         max_steps: int = MAX_EPISODE_STEPS,
         slot_type: str | None = None,
         collision_penalty: float = 5.0,
+        scene_schedule: bool = False,
     ) -> None:
         super().__init__()
+        self.scene_schedule = bool(scene_schedule)
+        self._scene_uses = np.zeros(len(SCHEDULED_SCENES), dtype=np.int64)
+        self._recent_scenes: list[int] = []
+        self._scene_results: list[list[bool]] = [[] for _ in SCHEDULED_SCENES]
+        self._scene: int | None = None
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'rgb_array'; got {render_mode!r}")
         self.set_level(level)
@@ -593,6 +611,25 @@ class ParkingEnv(gym.Env):
             raise ValueError(f"level must be one of {', '.join(LEVELS)}; got {level!r}")
         self.level = level
 
+    def _next_scene(self) -> int:
+        """Index into SCHEDULED_SCENES of the next episode's scene (HOPE's schedule), recorded as used."""
+        rng = self.np_random
+        if self._scene_uses.sum() < SCHEDULE_WARMUP or rng.random() < 0.5:
+            uses = (
+                self._scene_uses
+                if self._scene_uses.sum() < SCHEDULE_WARMUP
+                else np.bincount(self._recent_scenes, minlength=len(SCHEDULED_SCENES))
+            )
+            choice = int(rng.choice(np.flatnonzero(uses == uses.min())))
+        else:
+            rates = np.array([np.mean(r) if r else 0.0 for r in self._scene_results])
+            w = np.clip(np.array(SCHEDULE_TARGETS) - rates, 0.01, 1.0)
+            choice = int(rng.choice(len(w), p=w / w.sum()))
+        self._scene_uses[choice] += 1
+        self._recent_scenes.append(choice)
+        del self._recent_scenes[:-SCHEDULE_USE_WINDOW]
+        return choice
+
     def load_scene(self, scene: ParkingScene, start: np.ndarray) -> dict[str, np.ndarray]:
         """Use a given scene and start pose (x, y, yaw) instead of a generated one; restarts the episode.
 
@@ -661,9 +698,13 @@ class ParkingEnv(gym.Env):
         """Start an episode. options: ``level`` (persists), ``slot_type`` ("bay" / "parallel" / None)."""
         super().reset(seed=seed)
         options = options or {}
+        slot_type = options.get("slot_type", self.slot_type)
+        self._scene = None
         if "level" in options:
             self.set_level(options["level"])
-        slot_type = options.get("slot_type", self.slot_type)
+        elif self.scene_schedule:
+            self._scene = self._next_scene()
+            self.level, slot_type = SCHEDULED_SCENES[self._scene]
         scene, start = generate_scene(self.level, self.np_random, slot_type)
         obs = self.load_scene(scene, start)
         return obs, self._info(False, False, False, False)
@@ -709,6 +750,10 @@ class ParkingEnv(gym.Env):
             reward -= 0.1
         info = self._info(success, collided, out, timeout, coverage, iou, d)
         self._done = terminated or timeout
+        if self._done and self._scene is not None:
+            results = self._scene_results[self._scene]
+            results.append(success)
+            del results[:-SCHEDULE_SUCCESS_WINDOW]
         return self._observe(), float(reward), terminated, timeout, info
 
     def first_blocked(self, poses: np.ndarray) -> tuple[int, str]:
