@@ -123,6 +123,12 @@ class TD3Config:
         "mean (less pessimistic when the critics disagree)",
         choices=("min", "mean"),
     )
+    explore_candidates: int = opt(
+        0,
+        "td3 / vmamba_td3, exploring only: also draw this many uniform actions per decision and act on "
+        "whichever of them and the actor's scores highest on Q1 (then add the OU noise); 0 = the design's "
+        "actor-only exploration. Lets collection follow the critic where the actor has collapsed",
+    )
     noise_clip: float = opt(0.2, "clip of the target-policy smoothing noise (TD3)")
     policy_freq: int = opt(2, "critic updates per actor and target update (TD3's delay)")
     ou_theta: float = opt(0.15, "mean reversion of the Ornstein-Uhlenbeck exploration noise")
@@ -661,6 +667,10 @@ def _validate_learning(t: TD3Config, s: SACConfig) -> None:
     _check(t.policy_noise >= 0, f"--policy_noise must be >= 0, got {t.policy_noise}")
     _check(t.noise_clip >= 0, f"--noise_clip must be >= 0, got {t.noise_clip}")
     _check(t.policy_freq >= 1, f"--policy_freq must be >= 1, got {t.policy_freq}")
+    _check(
+        t.explore_candidates >= 0,
+        f"--explore_candidates must be >= 0 uniform actions (0 = off), got {t.explore_candidates}",
+    )
     _check(t.ou_theta >= 0, f"--ou_theta must be >= 0, got {t.ou_theta}")
     _check(
         t.ou_sigma >= 0 and t.ou_sigma_min >= 0,

@@ -149,6 +149,8 @@ class TD3Agent(BaseAgent):
                 f"{self.depth_shape[2]} depth frames: use less than half the image side (DrQ: 4 at 84x84)"
             )
         self._augment_gen = torch.Generator(device=self.device).manual_seed(args.seed + 2)
+        self.explore_candidates = args.explore_candidates
+        self._candidate_gen = torch.Generator(device=self.device).manual_seed(args.seed + 3)
         self.gamma, self.tau = args.gamma, args.tau
         self.policy_noise, self.noise_clip, self.policy_freq = (
             args.policy_noise,
@@ -260,12 +262,37 @@ class TD3Agent(BaseAgent):
                     stream.visual, obs["depth"], self.device, self.weights_generation
                 )
                 ctx = stream.from_features(base, v)
-            a = self.actor(ctx).float().cpu().numpy()
+            a_t = self.actor(ctx)
+            if explore and self.explore_candidates > 0:
+                a_t = self._best_candidate(base, obs["depth"], ctx, a_t)
+            a = a_t.float().cpu().numpy()
         if explore and noise is not None:
             a = a + noise
         if not np.all(np.isfinite(a)):
             check_finite(self.total_it, action=float("nan"))
         return self.scaler.to_env(np.clip(a, -1.0, 1.0))
+
+    def _best_candidate(
+        self, base: torch.Tensor, depth: np.ndarray, ctx: torch.Tensor, actor_action: torch.Tensor
+    ) -> torch.Tensor:
+        """The actor's actions (N, A) in [-1, 1] -> per row, whichever of it and ``explore_candidates``
+        uniform actions has the highest Q1 under the critic (N, A).
+
+        Why: when the actor has collapsed to one action for every state (the crash-early trap of
+        docs/results.md), the critic may still rank actions per state; acting on its ranking puts the
+        actions it prefers into replay, which a collapsed actor alone never would."""
+        n, m = actor_action.shape[0], self.explore_candidates
+        if self.share_encoder:
+            ctx_c = ctx  # the actor reads the critic stream's context already
+        else:
+            with eval_mode(self.critic_stream):
+                ctx_c = self.critic_stream(base, torch.as_tensor(np.asarray(depth), device=self.device))
+        uniform = torch.rand((n, m, self.action_dim), device=self.device, generator=self._candidate_gen)
+        # (N, 1 + M, A): the actor's action first, so ties keep it
+        cands = torch.cat([actor_action[:, None].to(uniform.dtype), uniform * 2.0 - 1.0], dim=1)
+        states = ctx_c[:, None].expand(-1, m + 1, -1).reshape(n * (m + 1), -1)
+        best = self.critic.Q1(states, cands.flatten(0, 1)).view(n, m + 1).argmax(dim=1)
+        return cands[torch.arange(n, device=self.device), best]
 
     def select_action(self, base_seq: np.ndarray, depth_seq: np.ndarray, noise: bool = True) -> np.ndarray:
         """base_seq (K, Ds), depth_seq (K, C, H, W) -> action (A,) in environment units (the agent's own
@@ -476,6 +503,7 @@ class TD3Agent(BaseAgent):
             "ou_noise": self.ou_noise.state_dict(),
             "noise_gen": self._noise_gen.get_state(),
             "augment_gen": self._augment_gen.get_state(),
+            "candidate_gen": self._candidate_gen.get_state(),
             "last_actor_loss": self._last_actor_loss,
         } | ({"normalizer": self.normalizer.state_dict()} if self.normalizer is not None else {})
 
@@ -486,6 +514,8 @@ class TD3Agent(BaseAgent):
             self._noise_gen.set_state(state["noise_gen"].cpu())
         if "augment_gen" in state:
             self._augment_gen.set_state(state["augment_gen"].cpu())
+        if "candidate_gen" in state:
+            self._candidate_gen.set_state(state["candidate_gen"].cpu())
         self._last_actor_loss = float(state.get("last_actor_loss", float("nan")))
         if self.normalizer is not None and "normalizer" in state:
             self.normalizer.load_state_dict(state["normalizer"])
