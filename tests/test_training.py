@@ -13,6 +13,7 @@ from conftest import tiny_config
 from vmamba_rl.agents.base import NonFiniteError
 from vmamba_rl.checkpoint import safe_torch_load
 from vmamba_rl.cli import main
+from vmamba_rl.config import ConfigError
 from vmamba_rl.training import BEST, CHECKPOINT, Trainer
 
 
@@ -270,3 +271,45 @@ def test_best_checkpoint_keeps_the_best_evaluation_and_survives_resume(tmp_path)
     resumed = Trainer(tiny_config(tmp_path, run_name="b", **kw), run_dir=tr.run_dir, resume=True, quiet=True)
     assert resumed.evaluation.best == (0.5, 2.0, 30)
     resumed.close()
+
+
+def test_trap_check_restarts_a_learner_whose_episodes_stay_short_and_only_then(tmp_path):
+    """Stage 0 makes every episode a one-decision success, so at the check the last episodes averaged 1
+    decision: with --trap_min_length 2 the learner restarts once (a new agent, an empty replay refilled
+    from the restart on, random actions for learning_starts decisions, the curriculum at stage 0 again);
+    with --trap_min_length 1 (not below it) nothing happens."""
+    kw = dict(
+        max_timesteps=90,
+        learning_starts=20,
+        curriculum=[{"success_radius": 100.0}],
+        curriculum_window=1000,  # stay in stage 0
+        trap_check=40,
+        trap_restarts=1,
+        eval_interval=0,
+        final_eval_episodes=0,
+    )
+    tr = Trainer(tiny_config(tmp_path, run_name="trap", trap_min_length=2.0, **kw), quiet=True)
+    first_agent = tr.agent
+    tr.run()
+    trap = next(c for c in tr.callbacks if c.name == "trap_restart")
+    assert trap.restarts == 1 and tr.agent is not first_agent
+    restart_step = trap.attempt_start
+    assert 40 <= restart_step < 90 and tr.learn_from == restart_step + 20
+    assert sum(tr.agent.replay_buffer.counters()["num_transitions"]) == 90 - restart_step
+    ups = tr.cfg.updates_per_step
+    assert tr.agent.total_it == int((90 - restart_step - 20) * ups)  # updates resume after the new warm-up
+    assert tr.agent.cfg.seed == tr.cfg.seed + 1000
+    # a second check in the new attempt would come at restart_step + 40 > 90: at most one restart anyway
+    episodes = list(csv.DictReader(open(tr.run_dir / "episodes.csv")))
+    assert len(episodes) == 90 and all(e["length"] == "1" for e in episodes)  # the logs go on
+
+    calm = Trainer(tiny_config(tmp_path, run_name="calm", trap_min_length=1.0, **kw), quiet=True)
+    agent = calm.agent
+    calm.run()
+    assert next(c for c in calm.callbacks if c.name == "trap_restart").restarts == 0 and calm.agent is agent
+    assert calm.agent.total_it == int((90 - 20) * ups)
+
+
+def test_trap_check_must_come_after_learning_starts():
+    with pytest.raises(ConfigError, match="--trap_check must be 0 .off. or more than --learning_starts .40."):
+        tiny_config(trap_check=30)

@@ -212,6 +212,50 @@ class Curriculum(Callback):
         self.successes = [int(x) for x in state.get("successes", [])]
 
 
+class TrapRestart(Callback):
+    """``--trap_check D``: D decisions into an attempt, restart the learner if the last 100 training
+    episodes averaged fewer than ``min_length`` decisions. Why: a TD3 agent can settle on ending every
+    episode at once (docs/results.md, "The crash-early trap"), a fixed point that its own replay keeps;
+    a fresh learner escapes it with a new draw. Uses training episodes only, never an evaluation."""
+
+    name = "trap_restart"
+
+    def __init__(self, check: int, min_length: float, max_restarts: int) -> None:
+        self.check, self.min_length, self.max_restarts = int(check), float(min_length), int(max_restarts)
+        self.restarts, self.attempt_start, self.checked = 0, 0, False
+        self.lengths: list[int] = []
+
+    def on_episode_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.lengths = (self.lengths + [int(record["length"])])[-100:]
+
+    def on_collect(self, trainer: Trainer, result: Any) -> None:
+        if self.checked or trainer.step < self.attempt_start + self.check:
+            return
+        self.checked = True
+        mean_length = float(np.mean(self.lengths)) if self.lengths else float("nan")
+        if not mean_length < self.min_length or self.restarts >= self.max_restarts:
+            return
+        self.restarts += 1
+        self.attempt_start, self.checked, self.lengths = trainer.step, False, []
+        trainer.restart_learner(self.restarts)
+        trainer.tb.add_scalar("trap/restart", self.restarts, trainer.step)
+        if not trainer.quiet:
+            print(
+                f"\ntrap check at step {trainer.step}: training episodes averaged {mean_length:.1f} "
+                f"decisions (< {self.min_length}); restart {self.restarts} of at most {self.max_restarts}"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"restarts": self.restarts, "attempt_start": self.attempt_start, "checked": self.checked,
+                "lengths": list(self.lengths)}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.restarts = int(state.get("restarts", 0))
+        self.attempt_start = int(state.get("attempt_start", 0))
+        self.checked = bool(state.get("checked", False))
+        self.lengths = [int(x) for x in state.get("lengths", [])]
+
+
 class NaNStop(Callback):
     """Stop training at the first update whose metrics hold a NaN or inf (the agents already refuse to
     step on a non-finite loss); the message names the metric, the update and the last good checkpoint."""
@@ -359,6 +403,8 @@ def default_callbacks(cfg: Any, quiet: bool) -> list[Callback]:
     cbs: list[Callback] = [Logger(cfg.log_interval)]
     if cfg.curriculum:
         cbs.append(Curriculum(cfg.curriculum, cfg.curriculum_threshold, cfg.curriculum_window))
+    if cfg.trap_check:
+        cbs.append(TrapRestart(cfg.trap_check, cfg.trap_min_length, cfg.trap_restarts))
     cbs += [
         NaNStop(),
         Evaluation(cfg.eval_interval, cfg.eval_episodes, cfg.seed),

@@ -232,6 +232,16 @@ class TrainConfig:
         0.7, "training success rate that moves the curriculum to its next stage"
     )
     curriculum_window: int = opt(50, "latest episodes of a curriculum stage that the success rate counts")
+    trap_check: int = opt(
+        0,
+        "decisions into each attempt at which the loop checks for the crash-early trap: if the last 100 "
+        "training episodes averaged fewer than --trap_min_length decisions, the learner restarts (fresh "
+        "networks, replay and noise, seed + 1000 per restart; the budget counts every attempt); 0 = off",
+    )
+    trap_min_length: float = opt(
+        5.0, "mean training episode length (decisions) under which --trap_check restarts"
+    )
+    trap_restarts: int = opt(2, "most restarts --trap_check makes in one run")
     max_timesteps: int = opt(200000, "agent decisions to train for (summed over environments)")
     buffer_size: int = opt(20000, "replay capacity in transitions (split evenly over environments)")
     batch_size: int = opt(128, "windows per gradient update")
@@ -713,6 +723,13 @@ def _validate_train(cfg: Config) -> None:
         f"--curriculum_threshold must be in (0, 1], got {tr.curriculum_threshold}",
     )
     _check(tr.curriculum_window >= 1, f"--curriculum_window must be >= 1, got {tr.curriculum_window}")
+    _check(
+        tr.trap_check == 0 or tr.trap_check > tr.learning_starts,
+        f"--trap_check must be 0 (off) or more than --learning_starts ({tr.learning_starts}) decisions, "
+        f"got {tr.trap_check}",
+    )
+    _check(tr.trap_min_length > 0, f"--trap_min_length must be > 0 decisions, got {tr.trap_min_length}")
+    _check(tr.trap_restarts >= 0, f"--trap_restarts must be >= 0, got {tr.trap_restarts}")
     _check(tr.action_repeat >= 1, f"--action_repeat must be >= 1, got {tr.action_repeat}")
     _check(
         tr.rs_max_dist > 0 and math.isfinite(tr.rs_max_dist),

@@ -118,6 +118,7 @@ class Trainer:
         self.step = 0  # decisions stored, over all environments
         self.episode = 0
         self.update_credit = 0.0
+        self.learn_from = cfg.learning_starts  # random actions, no updates before (moved by a restart)
         self.stop_requested = False  # Ctrl-C or stop_at: save at the next episode end, then stop
         self.stopped = False
         try:
@@ -156,6 +157,7 @@ class Trainer:
             "step": self.step,
             "episode": self.episode,
             "update_credit": self.update_credit,
+            "learn_from": self.learn_from,
             "torch_rng": torch.get_rng_state(),
             "python_rng": json.dumps(random.getstate()),
             "collector": self.collector.state_dict(),
@@ -205,6 +207,7 @@ class Trainer:
         loop = state["loop"]
         self.step, self.episode = int(loop["step"]), int(loop["episode"])
         self.update_credit = float(loop["update_credit"])
+        self.learn_from = int(loop.get("learn_from", self.cfg.learning_starts))
         torch.set_rng_state(loop["torch_rng"])
         pr = json.loads(loop["python_rng"])
         random.setstate((pr[0], tuple(pr[1]), pr[2]))
@@ -268,7 +271,7 @@ class Trainer:
     def _updates(self, step_before: int) -> None:
         """``updates_per_step`` gradient updates per decision stored after ``learning_starts``."""
         cfg = self.cfg
-        fresh = self.step - max(step_before, cfg.learning_starts)
+        fresh = self.step - max(step_before, self.learn_from)
         if fresh <= 0 or cfg.updates_per_step <= 0:
             return
         self.update_credit += cfg.updates_per_step * fresh
@@ -286,16 +289,33 @@ class Trainer:
         self.collector.set_paused(False)
         self.collector.sync_policy(self.agent)
 
+    def restart_learner(self, attempt: int) -> None:
+        """A fresh agent (networks, optimizers, noise, empty replay; seed ``cfg.seed + 1000 * attempt``)
+        and collector, ``learning_starts`` random decisions from now, the curriculum back at its first
+        stage; the decision count, the logs and the evaluations go on (``--trap_check``)."""
+        from vmamba_rl.agents import make_agent
+
+        cfg = Config.from_dict(self.cfg.to_dict())
+        cfg.set("seed", self.cfg.seed + 1000 * attempt)
+        torch.manual_seed(cfg.seed)
+        self.collector.close()
+        self.agent = make_agent(self.eval_env, None, cfg, num_streams=cfg.total_envs)
+        if self.curriculum is not None:
+            self.curriculum.load_state_dict({})
+        overrides = self.curriculum.overrides() if self.curriculum is not None else None
+        self.collector = make_collector(cfg, self.agent, overrides)
+        self.learn_from, self.update_credit = self.step + cfg.learning_starts, 0.0
+
     def run(self, stop_at: int | None = None) -> dict[str, Any] | None:
         """Train until ``max_timesteps``; returns the final evaluation summary (None if eval is off).
 
         Ctrl-C (or reaching ``stop_at`` decisions, the same path used by tests) saves a checkpoint at the
         next episode end and returns None; ``--resume`` continues exactly.
         """
-        cfg, agent = self.cfg, self.agent
+        cfg = self.cfg
         if not self.quiet:
             print(f"run folder: {self.run_dir}")
-            print(agent.replay_buffer.memory_report())
+            print(self.agent.replay_buffer.memory_report())
         old = None
         if threading.current_thread() is threading.main_thread():
             old = signal.signal(signal.SIGINT, lambda *_: setattr(self, "stop_requested", True))
@@ -304,7 +324,7 @@ class Trainer:
                 c.on_start(self)
             while self.step < cfg.max_timesteps and not self.stopped:
                 step_before = self.step
-                result = self.collector.collect(agent, random_actions=self.step < cfg.learning_starts)
+                result = self.collector.collect(self.agent, random_actions=self.step < self.learn_from)
                 self.step += result.decisions
                 for rec in result.episodes:
                     self.episode += 1
