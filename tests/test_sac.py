@@ -151,6 +151,15 @@ def _adam_first_step(p: torch.Tensor, g: torch.Tensor, lr: float) -> torch.Tenso
     return p - lr * g / (g.abs() + 1e-8)
 
 
+def _assert_first_step_close(p_agent: torch.Tensor, p_hand: torch.Tensor, g: torch.Tensor, lr: float) -> None:
+    """Adam's first step moves a weight by lr * g / (|g| + 1e-8): about lr * sign(g), except where |g| is
+    near 1e-8, where the rounding of g (its summation order differs between CPUs) decides the step. Those
+    weights are held only to a step of at most lr; the rest to 1e-5."""
+    well = g.abs() > 1e-5
+    torch.testing.assert_close(p_agent[well], p_hand[well], atol=1e-5, rtol=1e-5)
+    assert bool(((p_agent - p_hand)[~well].abs() <= 2 * lr).all())
+
+
 @pytest.mark.parametrize("fusion", ["mlp", "attention"])
 def test_one_update_against_hand_computation(fusion: str) -> None:
     K, B, lr, gamma, tau, alpha0 = 2, 8, 1e-2, 0.9, 0.1, 0.5
@@ -208,8 +217,8 @@ def test_one_update_against_hand_computation(fusion: str) -> None:
     with torch.no_grad():
         for p, g in zip(critic.parameters(), grads, strict=True):
             p.copy_(_adam_first_step(p, g, lr))
-    for p_hand, p_agent in zip(critic.parameters(), agent.critic.parameters(), strict=True):
-        torch.testing.assert_close(p_agent, p_hand, atol=1e-5, rtol=1e-5)
+    for p_hand, p_agent, g in zip(critic.parameters(), agent.critic.parameters(), grads, strict=True):
+        _assert_first_step_close(p_agent, p_hand, g, lr)
 
     m, ls = actor(s)
     z = m + ls.exp() * torch.randn_like(m)
@@ -220,8 +229,8 @@ def test_one_update_against_hand_computation(fusion: str) -> None:
     with torch.no_grad():
         for p, g in zip(actor.parameters(), grads, strict=True):
             p.copy_(_adam_first_step(p, g, lr))
-    for p_hand, p_agent in zip(actor.parameters(), agent.actor.parameters(), strict=True):
-        torch.testing.assert_close(p_agent, p_hand, atol=1e-5, rtol=1e-5)
+    for p_hand, p_agent, g in zip(actor.parameters(), agent.actor.parameters(), grads, strict=True):
+        _assert_first_step_close(p_agent, p_hand, g, lr)
 
     # alpha: loss = -log_alpha * (log pi + H_target), H_target = -|A| = -2
     g_alpha = -(logp.detach() + (-2.0)).mean()
