@@ -310,6 +310,40 @@ def test_trap_check_restarts_a_learner_whose_episodes_stay_short_and_only_then(t
     assert calm.agent.total_it == int((90 - 20) * ups)
 
 
+def test_trap_candidates_apply_to_the_attempts_after_a_restart_and_survive_resume(tmp_path):
+    """--trap_candidates 0: the first attempt explores with 4 critic-ranked candidates, the attempt after
+    the restart with none; a run resumed after the restart rebuilds that attempt's learner (its seed and
+    its candidates), not the first attempt's."""
+    kw = dict(
+        max_timesteps=90,
+        learning_starts=20,
+        curriculum=[{"success_radius": 100.0}],  # one-decision episodes: the check fires at 40
+        curriculum_window=1000,
+        trap_check=40,
+        trap_min_length=2.0,
+        trap_restarts=1,
+        explore_candidates=4,
+        trap_candidates=0,
+        eval_interval=0,
+        final_eval_episodes=0,
+    )
+    tr = Trainer(tiny_config(tmp_path, run_name="tc", **kw), quiet=True)
+    assert tr.agent.explore_candidates == 4
+    assert tr.run(stop_at=60) is None
+    assert tr.agent.explore_candidates == 0 and tr.agent.cfg.seed == tr.cfg.seed + 1000
+    tr.close()
+    resumed = Trainer(tiny_config(tmp_path, run_name="tc", **kw), run_dir=tr.run_dir, resume=True, quiet=True)
+    assert resumed.agent.explore_candidates == 0 and resumed.agent.cfg.seed == tr.cfg.seed + 1000
+    resumed.run()
+    assert resumed.step >= 90 and resumed.agent.explore_candidates == 0
+    resumed.close()
+
+
+def test_trap_candidates_must_be_minus_one_or_a_count():
+    with pytest.raises(ConfigError, match="--trap_candidates must be -1 .keep --explore_candidates. or >= 0"):
+        tiny_config(trap_candidates=-2)
+
+
 def test_trap_check_must_come_after_learning_starts():
     with pytest.raises(ConfigError, match="--trap_check must be 0 .off. or more than --learning_starts .40."):
         tiny_config(trap_check=30)

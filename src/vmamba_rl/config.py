@@ -242,6 +242,11 @@ class TrainConfig:
         5.0, "mean training episode length (decisions) under which --trap_check restarts"
     )
     trap_restarts: int = opt(2, "most restarts --trap_check makes in one run")
+    trap_candidates: int = opt(
+        -1,
+        "--explore_candidates of the attempts after a --trap_check restart (-1 = the same as the first "
+        "attempt; 0 = explore with the noise alone)",
+    )
     max_timesteps: int = opt(200000, "agent decisions to train for (summed over environments)")
     buffer_size: int = opt(20000, "replay capacity in transitions (split evenly over environments)")
     batch_size: int = opt(128, "windows per gradient update")
@@ -730,6 +735,11 @@ def _validate_train(cfg: Config) -> None:
     )
     _check(tr.trap_min_length > 0, f"--trap_min_length must be > 0 decisions, got {tr.trap_min_length}")
     _check(tr.trap_restarts >= 0, f"--trap_restarts must be >= 0, got {tr.trap_restarts}")
+    _check(
+        tr.trap_candidates >= -1,
+        f"--trap_candidates must be -1 (keep --explore_candidates) or >= 0 uniform actions, "
+        f"got {tr.trap_candidates}",
+    )
     _check(tr.action_repeat >= 1, f"--action_repeat must be >= 1, got {tr.action_repeat}")
     _check(
         tr.rs_max_dist > 0 and math.isfinite(tr.rs_max_dist),

@@ -131,8 +131,13 @@ class Trainer:
         self._remove_stale(state)
         if state is not None:  # the curriculum stage decides which environments the collector builds
             self._load_callbacks(state["loop"])
+        attempt_cfg = cfg
+        trap = next((c for c in self.callbacks if c.name == "trap_restart"), None)
+        if trap is not None and trap.restarts:  # the checkpoint holds a later attempt's learner
+            attempt_cfg = self.attempt_config(trap.restarts)
+            self.agent = make_agent(self.eval_env, None, attempt_cfg, num_streams=cfg.total_envs)
         overrides = self.curriculum.overrides() if self.curriculum is not None else None
-        self.collector = make_collector(cfg, self.agent, overrides)
+        self.collector = make_collector(attempt_cfg, self.agent, overrides)
         if state is not None:
             self._load_checkpoint(state)
         atomic_write_text(self.run_dir / "config.json", cfg.to_json())
@@ -289,14 +294,23 @@ class Trainer:
         self.collector.set_paused(False)
         self.collector.sync_policy(self.agent)
 
+    def attempt_config(self, attempt: int) -> Config:
+        """The configuration of learner attempt ``attempt`` (0 = the run's first; each ``--trap_check``
+        restart counts one up): seed + 1000 * attempt and, after a restart, ``--trap_candidates``."""
+        cfg = Config.from_dict(self.cfg.to_dict())
+        if attempt:
+            cfg.set("seed", self.cfg.seed + 1000 * attempt)
+            if cfg.trap_candidates >= 0:
+                cfg.set("explore_candidates", cfg.trap_candidates)
+        return cfg
+
     def restart_learner(self, attempt: int) -> None:
-        """A fresh agent (networks, optimizers, noise, empty replay; seed ``cfg.seed + 1000 * attempt``)
-        and collector, ``learning_starts`` random decisions from now, the curriculum back at its first
+        """A fresh agent (networks, optimizers, noise, empty replay; :meth:`attempt_config`) and
+        collector, ``learning_starts`` random decisions from now, the curriculum back at its first
         stage; the decision count, the logs and the evaluations go on (``--trap_check``)."""
         from vmamba_rl.agents import make_agent
 
-        cfg = Config.from_dict(self.cfg.to_dict())
-        cfg.set("seed", self.cfg.seed + 1000 * attempt)
+        cfg = self.attempt_config(attempt)
         torch.manual_seed(cfg.seed)
         self.collector.close()
         self.agent = make_agent(self.eval_env, None, cfg, num_streams=cfg.total_envs)
