@@ -69,8 +69,7 @@ def _base_config(args: argparse.Namespace, algorithm: str, seed: int, run_name: 
         log_dir=args.out,
         run_name=run_name,
         progress=False,
-        **({"torch_threads": 1} if args.jobs > 1 else {}),
-        **extra,
+        **{**({"torch_threads": 1} if args.jobs > 1 else {}), **extra},  # --extra may name torch_threads too
     )
 
 

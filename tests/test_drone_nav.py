@@ -249,6 +249,41 @@ def test_curriculum_level_switch() -> None:
         gym.make("DroneNav-v0", levle="easy")
 
 
+def test_a_level_mix_draws_one_of_its_levels_at_each_reset() -> None:
+    env = gym.make("DroneNav-v0", level="easy,medium,hard")
+    drawn = []
+    for seed in range(40):
+        env.reset(seed=seed)
+        level = env.unwrapped.level
+        lo, hi = LEVELS[level].arena_size
+        assert lo <= env.unwrapped.arena_size <= hi  # the world is built for the level drawn
+        drawn.append(level)
+    assert set(drawn) == {"easy", "medium", "hard"} and max(map(drawn.count, set(drawn))) < 25
+    again = []
+    for seed in range(40):  # the draw comes from the episode seed
+        env.reset(seed=seed)
+        again.append(env.unwrapped.level)
+    assert again == drawn
+    env.unwrapped.set_level(["hard"])
+    env.reset(seed=0)
+    assert env.unwrapped.levels == ("hard",)
+    with pytest.raises(ValueError, match="got 'easy,hrad'"):
+        env.unwrapped.set_level("easy,hrad")
+
+
+def test_a_curriculum_stage_level_comes_before_the_configured_level() -> None:
+    from vmamba_rl.config import make_config
+    from vmamba_rl.envs.make import make_env
+
+    cfg = make_config("cpu", level="easy,medium,hard")
+    stage = make_env(cfg, overrides={"level": "easy", "goal_wall_margin": 19}, training=True)
+    stage.reset(seed=0)
+    assert stage.unwrapped.levels == ("easy",) and stage.unwrapped.task.goal_wall_margin == 19
+    task = make_env(cfg, training=True)  # after the last stage: the task itself
+    assert task.unwrapped.levels == ("easy", "medium", "hard")
+    assert make_env(cfg, level="hard").unwrapped.levels == ("hard",)  # evaluation of one level
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**16),

@@ -211,7 +211,8 @@ class TrainConfig:
     )
     level: str | None = opt(
         None,
-        "environment level (DroneNav: empty/easy/medium/hard; Parking: easy/normal/complex/extreme)",
+        "environment level (DroneNav: empty/easy/medium/hard, or several joined by commas, one drawn per "
+        "episode; Parking: easy/normal/complex/extreme)",
         parse=str,
     )
     env_kwargs: dict[str, Any] | None = opt(

@@ -6,7 +6,8 @@ cylinders and boxes, a drone whose body is a sphere with a first-order velocity 
 analytic depth camera of :mod:`vmamba_rl.envs.raycast`.
 
 Levels (``level=`` at construction, ``env.unwrapped.set_level(...)`` or ``reset(options={"level": ...})``
-for curriculum training), as the original curriculum:
+for curriculum training), as the original curriculum; several levels (``"easy,medium,hard"`` or a list)
+make each reset draw one of them uniformly, so a training run can cover them all:
 
 ========  ==============  =========
 level     arena side (m)  obstacles
@@ -341,11 +342,18 @@ class DroneNavEnv(gym.Env):
 
     # ------------------------------------------------------------------------------------ curriculum
 
-    def set_level(self, level: str) -> None:
-        """Choose the level used from the next reset on (``empty``, ``easy``, ``medium``, ``hard``)."""
-        if level not in LEVELS:
-            raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
-        self.level = level
+    def set_level(self, level: str | list[str] | tuple[str, ...]) -> None:
+        """Choose the level used from the next reset on (``empty``, ``easy``, ``medium``, ``hard``), or
+        several (a comma-separated string or a list): each reset then draws one uniformly."""
+        names = [n.strip() for n in level.split(",")] if isinstance(level, str) else list(level)
+        bad = [n for n in names if n not in LEVELS]
+        if not names or bad:
+            raise ValueError(
+                f"level must be one of {', '.join(LEVELS)}, got {level!r} "
+                "(several: joined by commas, e.g. 'easy,medium,hard')"
+            )
+        self.levels = tuple(names)
+        self.level = names[0]  # the level of the current episode (drawn at reset when there are several)
 
     # ------------------------------------------------------------------------------------ properties
 
@@ -435,6 +443,8 @@ class DroneNavEnv(gym.Env):
                 f"unknown reset option(s) {sorted(unknown)}; valid: level, {', '.join(sorted(scripted))}"
             )
         rng = self.np_random
+        if len(self.levels) > 1:
+            self.level = self.levels[int(rng.integers(len(self.levels)))]
         if options.keys() & {"arena_size", "goal", "cylinders", "boxes"}:
             self._scripted_world(rng, options)
         else:

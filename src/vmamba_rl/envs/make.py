@@ -23,16 +23,18 @@ def make_env(
 
     A simulator that can reconnect (AirSim) is wrapped in :class:`SimulatorRecovery` first, so faults
     are handled inside the environment and the training loop never sees simulator specifics.
-    ``overrides``: environment keywords over ``--env_kwargs`` (a curriculum stage). ``training``: a
-    collector's environment; ``--scene_schedule`` then replaces the level by HOPE's scene schedule.
+    ``overrides``: environment keywords over ``--env_kwargs`` and the level (a curriculum stage).
+    ``training``: a collector's environment; ``--scene_schedule`` then replaces the level by HOPE's
+    scene schedule.
     """
     import vmamba_rl.envs  # noqa: F401  (registration)
     from vmamba_rl.envs.wrappers import ActionRepeat, SequenceHistory, SimulatorRecovery
 
-    kwargs: dict[str, Any] = {**(cfg.env_kwargs or {}), **(overrides or {})}
+    kwargs: dict[str, Any] = dict(cfg.env_kwargs or {})
     lvl = level or cfg.level
     if lvl is not None:
         kwargs["level"] = lvl
+    kwargs.update(overrides or {})  # a curriculum stage may name its own level
     if training and cfg.scene_schedule:
         kwargs["scene_schedule"] = True
     if render_mode is not None:
