@@ -253,8 +253,9 @@ def test_a_level_mix_draws_one_of_its_levels_at_each_reset() -> None:
     env = gym.make("DroneNav-v0", level="easy,medium,hard")
     drawn = []
     for seed in range(40):
-        env.reset(seed=seed)
+        _, info = env.reset(seed=seed)
         level = env.unwrapped.level
+        assert info["level"] == level and env.step(env.action_space.sample())[-1]["level"] == level
         lo, hi = LEVELS[level].arena_size
         assert lo <= env.unwrapped.arena_size <= hi  # the world is built for the level drawn
         drawn.append(level)
@@ -269,6 +270,26 @@ def test_a_level_mix_draws_one_of_its_levels_at_each_reset() -> None:
     assert env.unwrapped.levels == ("hard",)
     with pytest.raises(ValueError, match="got 'easy,hrad'"):
         env.unwrapped.set_level("easy,hrad")
+
+
+def test_an_evaluation_on_a_level_mix_reports_each_level() -> None:
+    from vmamba_rl.config import make_config
+    from vmamba_rl.envs.make import make_env
+    from vmamba_rl.evaluation import evaluate
+
+    class Straight:  # flies straight ahead at full speed: episodes end within a few decisions
+        def reset_episode(self) -> None:
+            pass
+
+        def act(self, obs_seq: dict, explore: bool = False) -> np.ndarray:
+            return np.array([2.0, 0.0, 0.0], np.float32)
+
+    env = make_env(make_config("cpu", level="easy,medium,hard"))
+    summary = evaluate(Straight(), env, 12)
+    split = summary["by_level"]
+    assert set(split) == {"easy", "medium", "hard"}
+    assert sum(s["episodes"] for s in split.values()) == 12
+    assert [r["level"] for r in summary["records"]].count("hard") == split["hard"]["episodes"]
 
 
 def test_a_curriculum_stage_level_comes_before_the_configured_level() -> None:

@@ -278,7 +278,8 @@ class DroneNavEnv(gym.Env):
     Episode: terminated on success, collision or altitude > ``max_altitude``; truncated after
     ``max_steps`` = 200 steps (no TimeLimit wrapper needed).
     ``info``: ``is_success``, ``is_collision``, ``is_out_of_bounds`` (too high), ``is_timeout``,
-    ``distance_to_goal`` (m, horizontal), ``path_length`` (m, 3D, this episode), ``initial_distance`` (m).
+    ``distance_to_goal`` (m, horizontal), ``path_length`` (m, 3D, this episode), ``initial_distance`` (m),
+    ``level`` (of this episode).
 
     ``reset(options=...)`` keys: ``level``; and for scripted scenes ``arena_size`` (m), ``goal`` (x, y),
     ``cylinders`` (N, 5), ``boxes`` (N, 7) (layouts in :mod:`~vmamba_rl.envs.raycast`), ``start_yaw``
@@ -462,7 +463,7 @@ class DroneNavEnv(gym.Env):
         self._map_cache = None
         self._started = True
         obs = self._observation()
-        info = self._episode.info()
+        info = {**self._episode.info(), "level": self.level}  # evaluations on a level mix split by it
         if self.render_mode == "human":
             self.render()
         return obs, info
@@ -512,7 +513,7 @@ class DroneNavEnv(gym.Env):
         self._trajectory.append((float(s[0]), float(s[1])))
         out = self._episode.update(a, s[:3], float(s[3]), float(s[4]), collided, path_increment=path)
         obs = self._observation()
-        info = self._episode.info()
+        info = {**self._episode.info(), "level": self.level}  # evaluations on a level mix split by it
         if self.render_mode == "human":
             self.render()
         return obs, out.reward, out.terminated, out.truncated, info
