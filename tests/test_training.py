@@ -56,6 +56,31 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, augment_shif
         assert torch.equal(ref[k], got[k]), k
 
 
+def test_periodic_evaluations_leave_training_unchanged(tmp_path):
+    # Runs that differ only in their evaluations must train the same learner: otherwise changing
+    # --eval_episodes would change the result it is meant to measure.
+    kw = dict(
+        max_timesteps=100, learning_starts=30, seed=3, level="easy", explore_candidates=4,
+        env_kwargs={"max_steps": 30},
+    )  # fmt: skip
+    runs = []
+    for name, interval, episodes in (("none", 0, 0), ("often", 40, 2)):
+        trainer = Trainer(
+            tiny_config(tmp_path, run_name=name, eval_interval=interval, eval_episodes=episodes, **kw),
+            quiet=True,
+        )
+        trainer.run()
+        with open(trainer.run_dir / "episodes.csv") as f:
+            episodes = [{k: v for k, v in row.items() if k != "time"} for row in csv.DictReader(f)]
+        runs.append((_params(trainer), episodes, trainer.run_dir))
+    (ref, ref_episodes, _), (got, got_episodes, evaluated) = runs
+    with open(evaluated / "eval.csv") as f:
+        assert {40, 80} <= {int(row["step"]) for row in csv.DictReader(f)}  # evaluated mid-run
+    assert got_episodes == ref_episodes and len(ref_episodes) > 3
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+
 def test_cli_train_then_eval_end_to_end(tmp_path, capsys):
     argv = [
         "train",
