@@ -136,11 +136,11 @@ def test_vmamba_encoder_with_the_triton_scan_equals_the_reference_scan():
     def encoder(backend: str) -> VMambaVisualEncoder:
         torch.manual_seed(0)
         return VMambaVisualEncoder(
-            1, (16, 16), 8, patch_size=2, hidden_dim=8, depths=(1, 1, 1, 1), d_state=1, ssm_ratio=1.0,
+            1, (16, 16), 8, patch_size=2, hidden_dim=8, depths=(1, 1, 0, 0), d_state=1, ssm_ratio=1.0,
             mlp_ratio=2.0, drop_path_rate=0.0, backend=backend,
         )  # fmt: skip
 
-    x = torch.rand(2, 1, 16, 16)
+    x = torch.rand(1, 1, 16, 16)  # blocks in two stages only: few kernel launches
     fast, ref = encoder("triton"), encoder("reference")
     y_fast, y_ref = fast(x), ref(x)
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-4, atol=1e-5)
