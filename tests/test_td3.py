@@ -364,6 +364,44 @@ def test_explore_candidates_act_on_the_highest_q1_of_actor_and_uniform_actions(s
     )
 
 
+def test_actor_candidates_pull_the_actor_toward_the_highest_q1_candidate():
+    K, B, M, coef = 3, 16, 8, 2.0
+    agent = make(policy_freq=1, actor_candidates=M, actor_candidate_coef=coef)
+    b = batch(B=B)
+    base, depth = b["base"][:, :K], b["depth"][:, :K]
+    gen_state = agent._actor_candidate_gen.get_state()
+    with torch.no_grad():
+        state_c = agent.critic_stream(base, depth)
+        a = torch.tanh(agent.actor.net(agent.actor_stream(base, depth)))
+        # the candidates again, from the same generator state, scored by hand
+        uniform = torch.rand((B, M, 3), generator=torch.Generator().set_state(gen_state)) * 2 - 1
+        cands = torch.cat([a[:, None], uniform], dim=1)
+        q = torch.stack([agent.critic.Q1(state_c, cands[:, j]) for j in range(M + 1)], dim=1)[..., 0]
+        best, won = cands[torch.arange(B), q.argmax(1)], q.argmax(1) > 0
+        pull = ((a - best).pow(2).sum(-1) * won).mean()
+        expect = -agent.critic.Q1(state_c, a).mean() + coef * pull
+    metrics = agent._update_actor(base, depth, state_c)
+    assert won.any() and pull > 0  # some state prefers a uniform action, or the test could not fail
+    assert agent._last_actor_loss == pytest.approx(float(expect), rel=1e-5)
+    assert metrics["actor_candidate_wins"] == pytest.approx(float(won.float().mean()))
+    # the step moves the actor toward the winning candidates
+    with torch.no_grad():
+        after = torch.tanh(agent.actor.net(agent.actor_stream(base, depth)))
+    assert ((after - best).pow(2).sum(-1)[won]).mean() < ((a - best).pow(2).sum(-1)[won]).mean()
+
+
+def test_actor_candidates_are_off_by_default_and_checked():
+    agent = make(policy_freq=1)
+    b = batch()
+    with torch.no_grad():
+        state_c = agent.critic_stream(b["base"][:, :3], b["depth"][:, :3])
+    assert "actor_candidate_wins" not in agent._update_actor(b["base"][:, :3], b["depth"][:, :3], state_c)
+    with pytest.raises(ConfigError, match="--actor_candidates must be >= 0.*got -2"):
+        tiny_config(actor_candidates=-2)
+    with pytest.raises(ConfigError, match="--actor_candidate_coef must be a finite weight >= 0, got -1.0"):
+        tiny_config(actor_candidate_coef=-1.0)
+
+
 def test_explore_candidates_must_not_be_negative():
     with pytest.raises(ConfigError, match="--explore_candidates must be >= 0.*got -1"):
         tiny_config(explore_candidates=-1)

@@ -25,8 +25,8 @@ def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.parametrize("augment_shift", [0, 3])
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, augment_shift):
+@pytest.mark.parametrize("augment_shift, actor_candidates", [(0, 0), (3, 4)])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, augment_shift, actor_candidates):
     kw = dict(
         max_timesteps=100,
         learning_starts=30,
@@ -35,6 +35,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, augment_shif
         scan_backend="chunked",
         env_kwargs={"max_steps": 30},
         augment_shift=augment_shift,  # its random offsets resume where they stopped
+        actor_candidates=actor_candidates,  # so do the actor update's candidate draws
     )
     full = Trainer(tiny_config(tmp_path / "a", run_name="full", **kw), quiet=True)
     full.run()
@@ -299,14 +300,14 @@ def test_best_checkpoint_keeps_the_best_evaluation_and_survives_resume(tmp_path)
 
 
 def test_trap_check_restarts_a_learner_whose_episodes_stay_short_and_only_then(tmp_path):
-    """Stage 0 makes every episode a one-decision success, so at the check the last episodes averaged 1
-    decision: with --trap_min_length 2 the learner restarts once (a new agent, an empty replay refilled
-    from the restart on, random actions for learning_starts decisions, the curriculum at stage 0 again);
-    with --trap_min_length 1 (not below it) nothing happens."""
+    """Stage 0 ends every episode after one decision, unsuccessful, so at the check the last episodes
+    averaged 1 decision: with --trap_min_length 2 the learner restarts once (a new agent, an empty replay
+    refilled from the restart on, random actions for learning_starts decisions, the curriculum at stage
+    0 again); with --trap_min_length 1 (not below it) nothing happens."""
     kw = dict(
         max_timesteps=90,
         learning_starts=20,
-        curriculum=[{"success_radius": 100.0}],
+        curriculum=[{"max_steps": 1}],  # every episode a one-decision timeout
         curriculum_window=1000,  # stay in stage 0
         trap_check=40,
         trap_restarts=1,
@@ -335,6 +336,33 @@ def test_trap_check_restarts_a_learner_whose_episodes_stay_short_and_only_then(t
     assert calm.agent.total_it == int((90 - 20) * ups)
 
 
+def test_trap_check_leaves_a_learner_whose_short_episodes_succeed(tmp_path):
+    """Stage 0 makes every episode a one-decision success (a goal within reach): as short as the trap,
+    but learning. With the default --trap_max_success (0.1) the check leaves it; with 1.0 (any success
+    rate) it restarts."""
+    kw = dict(
+        max_timesteps=60,
+        learning_starts=20,
+        curriculum=[{"success_radius": 100.0}],
+        curriculum_window=1000,
+        trap_check=40,
+        trap_min_length=2.0,
+        trap_restarts=1,
+        eval_interval=0,
+        final_eval_episodes=0,
+    )
+    for name, max_success, restarts in (("default", None, 0), ("any", 1.0, 1)):
+        extra = {} if max_success is None else {"trap_max_success": max_success}
+        tr = Trainer(tiny_config(tmp_path, run_name=name, **kw, **extra), quiet=True)
+        tr.run()
+        episodes = list(csv.DictReader(open(tr.run_dir / "episodes.csv")))
+        assert all(e["length"] == "1" and e["success"] == "1" for e in episodes)
+        assert next(c for c in tr.callbacks if c.name == "trap_restart").restarts == restarts, name
+        tr.close()
+    with pytest.raises(ConfigError, match=r"--trap_max_success must be a success rate in \[0, 1\], got 1.5"):
+        tiny_config(trap_max_success=1.5)
+
+
 def test_trap_candidates_apply_to_the_attempts_after_a_restart_and_survive_resume(tmp_path):
     """--trap_candidates 0: the first attempt explores with 4 critic-ranked candidates, the attempt after
     the restart with none; a run resumed after the restart rebuilds that attempt's learner (its seed and
@@ -342,7 +370,7 @@ def test_trap_candidates_apply_to_the_attempts_after_a_restart_and_survive_resum
     kw = dict(
         max_timesteps=90,
         learning_starts=20,
-        curriculum=[{"success_radius": 100.0}],  # one-decision episodes: the check fires at 40
+        curriculum=[{"max_steps": 1}],  # one-decision episodes that fail: the check fires at 40
         curriculum_window=1000,
         trap_check=40,
         trap_min_length=2.0,

@@ -44,7 +44,7 @@ EPISODE_FIELDS = [
 EVAL_FIELDS = ["step", "episodes", *METRIC_KEYS, "time"]
 UPDATE_FIELDS = [
     "step", "update", "critic_loss", "actor_loss", "q1", "q2", "target_q", "noise_sigma", "alpha", "entropy",
-    "critic_grad_norm", "visual_spread", "updates_per_s", "steps_per_s",
+    "critic_grad_norm", "visual_spread", "actor_candidate_wins", "updates_per_s", "steps_per_s",
 ]  # fmt: skip
 
 
@@ -214,46 +214,56 @@ class Curriculum(Callback):
 
 class TrapRestart(Callback):
     """``--trap_check D``: D decisions into an attempt, restart the learner if the last 100 training
-    episodes averaged fewer than ``min_length`` decisions. Why: a TD3 agent can settle on ending every
-    episode at once (docs/results.md, "The crash-early trap"), a fixed point that its own replay keeps;
-    a fresh learner escapes it with a new draw. Uses training episodes only, never an evaluation."""
+    episodes averaged fewer than ``min_length`` decisions and at most ``max_success`` of them succeeded.
+    Why: a TD3 agent can settle on ending every episode at once (docs/results.md, "The crash-early
+    trap"), a fixed point that its own replay keeps; a fresh learner escapes it with a new draw. Short
+    episodes that reach their goal are not that trap. Uses training episodes only, never an evaluation."""
 
     name = "trap_restart"
 
-    def __init__(self, check: int, min_length: float, max_restarts: int) -> None:
+    def __init__(self, check: int, min_length: float, max_restarts: int, max_success: float = 0.1) -> None:
         self.check, self.min_length, self.max_restarts = int(check), float(min_length), int(max_restarts)
+        self.max_success = float(max_success)
         self.restarts, self.attempt_start, self.checked = 0, 0, False
         self.lengths: list[int] = []
+        self.successes: list[int] = []
 
     def on_episode_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         self.lengths = (self.lengths + [int(record["length"])])[-100:]
+        self.successes = (self.successes + [int(record["success"])])[-100:]
 
     def on_collect(self, trainer: Trainer, result: Any) -> None:
         if self.checked or trainer.step < self.attempt_start + self.check:
             return
         self.checked = True
         mean_length = float(np.mean(self.lengths)) if self.lengths else float("nan")
-        if not mean_length < self.min_length or self.restarts >= self.max_restarts:
+        # a checkpoint from before successes were kept has none: judged on the lengths, as it was then
+        success = float(np.mean(self.successes)) if len(self.successes) == len(self.lengths) else 0.0
+        if not mean_length < self.min_length or success > self.max_success:
+            return
+        if self.restarts >= self.max_restarts:
             return
         self.restarts += 1
-        self.attempt_start, self.checked, self.lengths = trainer.step, False, []
+        self.attempt_start, self.checked, self.lengths, self.successes = trainer.step, False, [], []
         trainer.restart_learner(self.restarts)
         trainer.tb.add_scalar("trap/restart", self.restarts, trainer.step)
         if not trainer.quiet:
             print(
                 f"\ntrap check at step {trainer.step}: training episodes averaged {mean_length:.1f} "
-                f"decisions (< {self.min_length}); restart {self.restarts} of at most {self.max_restarts}"
+                f"decisions (< {self.min_length}), {success:.0%} succeeded (<= {self.max_success:.0%}); "
+                f"restart {self.restarts} of at most {self.max_restarts}"
             )
 
     def state_dict(self) -> dict[str, Any]:
         return {"restarts": self.restarts, "attempt_start": self.attempt_start, "checked": self.checked,
-                "lengths": list(self.lengths)}  # fmt: skip
+                "lengths": list(self.lengths), "successes": list(self.successes)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.restarts = int(state.get("restarts", 0))
         self.attempt_start = int(state.get("attempt_start", 0))
         self.checked = bool(state.get("checked", False))
         self.lengths = [int(x) for x in state.get("lengths", [])]
+        self.successes = [int(x) for x in state.get("successes", [])]
 
 
 class NaNStop(Callback):
@@ -404,7 +414,7 @@ def default_callbacks(cfg: Any, quiet: bool) -> list[Callback]:
     if cfg.curriculum:
         cbs.append(Curriculum(cfg.curriculum, cfg.curriculum_threshold, cfg.curriculum_window))
     if cfg.trap_check:
-        cbs.append(TrapRestart(cfg.trap_check, cfg.trap_min_length, cfg.trap_restarts))
+        cbs.append(TrapRestart(cfg.trap_check, cfg.trap_min_length, cfg.trap_restarts, cfg.trap_max_success))
     cbs += [
         NaNStop(),
         Evaluation(cfg.eval_interval, cfg.eval_episodes, cfg.seed),

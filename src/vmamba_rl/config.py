@@ -129,6 +129,16 @@ class TD3Config:
         "whichever of them and the actor's scores highest on Q1 (then add the OU noise); 0 = the design's "
         "actor-only exploration. Lets collection follow the critic where the actor has collapsed",
     )
+    actor_candidates: int = opt(
+        0,
+        "td3 / vmamba_td3, actor update: also draw this many uniform actions per replayed state and, where "
+        "one scores higher on Q1 than the actor's action, pull the actor toward the best of them "
+        "(squared distance, weight --actor_candidate_coef); 0 = the design's policy gradient alone. "
+        "Lets the actor leave a local maximum of Q1 that its gradient cannot",
+    )
+    actor_candidate_coef: float = opt(
+        1.0, "weight of the pull toward the best-scoring candidate (--actor_candidates)"
+    )
     noise_clip: float = opt(0.2, "clip of the target-policy smoothing noise (TD3)")
     policy_freq: int = opt(2, "critic updates per actor and target update (TD3's delay)")
     ou_theta: float = opt(0.15, "mean reversion of the Ornstein-Uhlenbeck exploration noise")
@@ -236,11 +246,17 @@ class TrainConfig:
     trap_check: int = opt(
         0,
         "decisions into each attempt at which the loop checks for the crash-early trap: if the last 100 "
-        "training episodes averaged fewer than --trap_min_length decisions, the learner restarts (fresh "
+        "training episodes averaged fewer than --trap_min_length decisions and at most "
+        "--trap_max_success of them succeeded, the learner restarts (fresh "
         "networks, replay and noise, seed + 1000 per restart; the budget counts every attempt); 0 = off",
     )
     trap_min_length: float = opt(
         5.0, "mean training episode length (decisions) under which --trap_check restarts"
+    )
+    trap_max_success: float = opt(
+        0.1,
+        "training success rate of those 100 episodes above which --trap_check never restarts: short "
+        "episodes that reach their goal (a curriculum's near goals) are learning, not the trap",
     )
     trap_restarts: int = opt(2, "most restarts --trap_check makes in one run")
     trap_candidates: int = opt(
@@ -687,6 +703,14 @@ def _validate_learning(t: TD3Config, s: SACConfig) -> None:
         t.explore_candidates >= 0,
         f"--explore_candidates must be >= 0 uniform actions (0 = off), got {t.explore_candidates}",
     )
+    _check(
+        t.actor_candidates >= 0,
+        f"--actor_candidates must be >= 0 uniform actions (0 = off), got {t.actor_candidates}",
+    )
+    _check(
+        t.actor_candidate_coef >= 0 and math.isfinite(t.actor_candidate_coef),
+        f"--actor_candidate_coef must be a finite weight >= 0, got {t.actor_candidate_coef}",
+    )
     _check(t.ou_theta >= 0, f"--ou_theta must be >= 0, got {t.ou_theta}")
     _check(
         t.ou_sigma >= 0 and t.ou_sigma_min >= 0,
@@ -735,6 +759,10 @@ def _validate_train(cfg: Config) -> None:
         f"got {tr.trap_check}",
     )
     _check(tr.trap_min_length > 0, f"--trap_min_length must be > 0 decisions, got {tr.trap_min_length}")
+    _check(
+        0.0 <= tr.trap_max_success <= 1.0,
+        f"--trap_max_success must be a success rate in [0, 1], got {tr.trap_max_success}",
+    )
     _check(tr.trap_restarts >= 0, f"--trap_restarts must be >= 0, got {tr.trap_restarts}")
     _check(
         tr.trap_candidates >= -1,

@@ -151,6 +151,8 @@ class TD3Agent(BaseAgent):
         self._augment_gen = torch.Generator(device=self.device).manual_seed(args.seed + 2)
         self.explore_candidates = args.explore_candidates
         self._candidate_gen = torch.Generator(device=self.device).manual_seed(args.seed + 3)
+        self.actor_candidates, self.actor_candidate_coef = args.actor_candidates, args.actor_candidate_coef
+        self._actor_candidate_gen = torch.Generator(device=self.device).manual_seed(args.seed + 4)
         self.gamma, self.tau = args.gamma, args.tau
         self.policy_noise, self.noise_clip, self.policy_freq = (
             args.policy_noise,
@@ -281,18 +283,26 @@ class TD3Agent(BaseAgent):
         Why: when the actor has collapsed to one action for every state (the crash-early trap of
         docs/results.md), the critic may still rank actions per state; acting on its ranking puts the
         actions it prefers into replay, which a collapsed actor alone never would."""
-        n, m = actor_action.shape[0], self.explore_candidates
         if self.share_encoder:
             ctx_c = ctx  # the actor reads the critic stream's context already
         else:
             with eval_mode(self.critic_stream):
                 ctx_c = self.critic_stream(base, torch.as_tensor(np.asarray(depth), device=self.device))
-        uniform = torch.rand((n, m, self.action_dim), device=self.device, generator=self._candidate_gen)
-        # (N, 1 + M, A): the actor's action first, so ties keep it
-        cands = torch.cat([actor_action[:, None].to(uniform.dtype), uniform * 2.0 - 1.0], dim=1)
+        best, _ = self._q1_argmax(ctx_c, actor_action, self.explore_candidates, self._candidate_gen)
+        return best
+
+    def _q1_argmax(
+        self, ctx_c: torch.Tensor, action: torch.Tensor, m: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Critic contexts (N, D) and actions (N, A) in [-1, 1] -> per row, the highest-Q1 of that action
+        and ``m`` uniform actions drawn from ``gen`` (N, A), and whether a uniform one won (N,) bool.
+        The given action comes first, so ties keep it."""
+        n = action.shape[0]
+        uniform = torch.rand((n, m, self.action_dim), device=self.device, generator=gen)
+        cands = torch.cat([action[:, None].to(uniform.dtype), uniform * 2.0 - 1.0], dim=1)  # (N, 1+m, A)
         states = ctx_c[:, None].expand(-1, m + 1, -1).reshape(n * (m + 1), -1)
         best = self.critic.Q1(states, cands.flatten(0, 1)).view(n, m + 1).argmax(dim=1)
-        return cands[torch.arange(n, device=self.device), best]
+        return cands[torch.arange(n, device=self.device), best], best > 0
 
     def select_action(self, base_seq: np.ndarray, depth_seq: np.ndarray, noise: bool = True) -> np.ndarray:
         """base_seq (K, Ds), depth_seq (K, C, H, W) -> action (A,) in environment units (the agent's own
@@ -470,16 +480,28 @@ class TD3Agent(BaseAgent):
         index: torch.Tensor | None = None,
     ) -> dict[str, float]:
         self.critic.requires_grad_(False)  # the critic stream is frozen for the policy gradient
+        extra: dict[str, float] = {}
         try:
             with self._autocast():
                 state_actor = (
                     state_critic if self.share_encoder else self.actor_stream(base, depth, frame_index=index)
                 )
                 pre = self.actor.net(state_actor)  # pre-tanh action (B, A)
-                actor_loss = -self.critic.Q1(state_critic, torch.tanh(pre)).float().mean()
+                a = torch.tanh(pre)
+                actor_loss = -self.critic.Q1(state_critic, a).float().mean()
                 if self.actor_reg > 0:
                     # keeps tanh out of saturation while the critic's action gradient is still noise
                     actor_loss = actor_loss + self.actor_reg * pre.float().pow(2).mean()
+                if self.actor_candidates > 0:
+                    # The policy gradient only climbs Q1 locally; where a uniform action scores higher,
+                    # the actor is pulled toward it, so a collapsed actor can follow the critic's ranking.
+                    with torch.no_grad():
+                        best, won = self._q1_argmax(
+                            state_critic, a.detach(), self.actor_candidates, self._actor_candidate_gen
+                        )
+                    pull = ((a.float() - best.float()).pow(2).sum(-1) * won).mean()
+                    actor_loss = actor_loss + self.actor_candidate_coef * pull
+                    extra["actor_candidate_wins"] = won.float().mean().item()
             check_finite(self.total_it, actor_loss=actor_loss.item())
             agn = self._step(
                 actor_loss, self.actor_optimizer, self._clip_groups(self.actor_stream, self.actor)
@@ -487,7 +509,7 @@ class TD3Agent(BaseAgent):
         finally:
             self.critic.requires_grad_(True)
         self._last_actor_loss = actor_loss.item()
-        return {"actor_grad_norm": agn}
+        return {"actor_grad_norm": agn} | extra
 
     def _soft_update_targets(self) -> None:
         soft_update(self.critic_target, self.critic, self.tau)
@@ -504,6 +526,7 @@ class TD3Agent(BaseAgent):
             "noise_gen": self._noise_gen.get_state(),
             "augment_gen": self._augment_gen.get_state(),
             "candidate_gen": self._candidate_gen.get_state(),
+            "actor_candidate_gen": self._actor_candidate_gen.get_state(),
             "last_actor_loss": self._last_actor_loss,
         } | ({"normalizer": self.normalizer.state_dict()} if self.normalizer is not None else {})
 
@@ -516,6 +539,8 @@ class TD3Agent(BaseAgent):
             self._augment_gen.set_state(state["augment_gen"].cpu())
         if "candidate_gen" in state:
             self._candidate_gen.set_state(state["candidate_gen"].cpu())
+        if "actor_candidate_gen" in state:
+            self._actor_candidate_gen.set_state(state["actor_candidate_gen"].cpu())
         self._last_actor_loss = float(state.get("last_actor_loss", float("nan")))
         if self.normalizer is not None and "normalizer" in state:
             self.normalizer.load_state_dict(state["normalizer"])
