@@ -217,11 +217,12 @@ class TrapRestart(Callback):
     episodes averaged fewer than ``min_length`` decisions and at most ``max_success`` of them succeeded.
     Why: a TD3 agent can settle on ending every episode at once (docs/results.md, "The crash-early
     trap"), a fixed point that its own replay keeps; a fresh learner escapes it with a new draw. Short
-    episodes that reach their goal are not that trap. Uses training episodes only, never an evaluation."""
+    episodes may also be quick successes (``max_success`` < 1 spares those). Uses training episodes
+    only, never an evaluation."""
 
     name = "trap_restart"
 
-    def __init__(self, check: int, min_length: float, max_restarts: int, max_success: float = 0.1) -> None:
+    def __init__(self, check: int, min_length: float, max_restarts: int, max_success: float = 1.0) -> None:
         self.check, self.min_length, self.max_restarts = int(check), float(min_length), int(max_restarts)
         self.max_success = float(max_success)
         self.restarts, self.attempt_start, self.checked = 0, 0, False

@@ -254,9 +254,9 @@ class TrainConfig:
         5.0, "mean training episode length (decisions) under which --trap_check restarts"
     )
     trap_max_success: float = opt(
-        0.1,
-        "training success rate of those 100 episodes above which --trap_check never restarts: short "
-        "episodes that reach their goal (a curriculum's near goals) are learning, not the trap",
+        1.0,
+        "training success rate of those 100 episodes above which --trap_check does not restart (short "
+        "episodes may be quick successes on a curriculum's near goals); 1.0 = judge the lengths alone",
     )
     trap_restarts: int = opt(2, "most restarts --trap_check makes in one run")
     trap_candidates: int = opt(
