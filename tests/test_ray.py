@@ -25,7 +25,7 @@ def local_ray():
 def _episodes_are_whole(buf, cut: int = 0) -> None:
     """In every stream, each stored episode but the newest ends with a terminated / truncated step: a
     broken episode left half in replay would show up as one that just stops. ``cut``: episodes per
-    stream that may stop without a flag (closed by a resume)."""
+    stream that may stop without a flag (closed by a resume or a new stage)."""
     C = buf.stream_capacity
     for s in range(buf.num_streams):
         a = np.arange(buf._oldest[s], buf._t[s])
@@ -77,31 +77,53 @@ def test_two_workers_train_a_tiny_agent(tmp_path, algo):
 
 
 class KillWorker(Callback):
-    """ray.kill worker 0 once, mid-episode (its stream holds an open episode in replay)."""
+    """Moves the environments to a new stage (``max_steps`` 8, as a curriculum would) and ray.kills
+    worker 0 once, mid-episode (its stream holds an open episode in replay); then stops the run
+    ``after_restart`` decisions after the restarted worker's first chunk arrived. Ray's restart takes
+    seconds on a busy machine while worker 1 goes on collecting, so the run waits for it rather than
+    ending at a fixed length (``max_timesteps`` is only the guard)."""
 
-    def __init__(self, after: int) -> None:
-        self.after, self.killed_at = after, None
+    def __init__(self, after: int, after_restart: int = 100) -> None:
+        self.after, self.after_restart = after, after_restart
+        self.killed_at = self.failed_at = self.restarted_at = None
+        self.lengths_after: list[int] = []  # of worker 0's episodes after its restart
 
     def on_collect(self, trainer, result):
-        buf = trainer.agent.replay_buffer
-        if self.killed_at is None and trainer.step >= self.after and buf._open[0]:
-            ray.kill(trainer.collector.workers[0], no_restart=False)
-            self.killed_at = trainer.step
+        buf, collector = trainer.agent.replay_buffer, trainer.collector
+        if self.killed_at is None:
+            if trainer.step >= self.after and buf._open[0]:
+                collector.set_env_overrides({"max_steps": 8}, trainer.agent)
+                ray.kill(collector.workers[0], no_restart=False)
+                self.killed_at = trainer.step
+            return
+        if self.failed_at is None and any(f.startswith("Ray worker 0 failed") for f in result.faults):
+            self.failed_at = trainer.step
+        if self.failed_at is not None and self.restarted_at is None and collector.failures[0] == 0:
+            self.restarted_at = trainer.step  # a chunk of the restarted worker was stored
+        if self.restarted_at is not None and trainer.step >= self.restarted_at + self.after_restart:
+            trainer.stop_requested = True
+
+    def on_episode_end(self, trainer, record):
+        if self.restarted_at is not None and record["env"] == 0:
+            self.lengths_after.append(record["length"])
 
 
-def test_a_killed_worker_is_restarted_and_loses_only_its_open_episode(tmp_path):
+def test_a_killed_worker_is_restarted_with_the_current_stage_and_loses_only_its_open_episode(tmp_path):
     kill = KillWorker(after=100)
-    cfg = _ray_config(tmp_path, envs_per_worker=1, max_timesteps=600, run_name="kill")
+    cfg = _ray_config(tmp_path, envs_per_worker=1, max_timesteps=20_000, run_name="kill")
     tr = Trainer(cfg, quiet=True, callbacks=[kill])
     tr.run()
     logger = next(c for c in tr.callbacks if isinstance(c, Logger))
-    assert kill.killed_at is not None
+    assert kill.killed_at is not None and kill.failed_at is not None
+    assert kill.restarted_at is not None, f"worker 0 sent nothing in {tr.step} decisions after its kill"
+    assert tr.collector.down == set()  # one death is one failure: the restart does not fail it again
     assert logger.lost > 0  # the open episode of worker 0 was discarded and counted
-    assert tr.step >= 600  # training went on
+    assert tr.step >= kill.restarted_at + 100  # training went on
     buf = tr.agent.replay_buffer
-    _episodes_are_whole(buf)
-    # the restarted worker wrote again after the kill
+    _episodes_are_whole(buf, cut=1)  # worker 1's episode open at the stage change was closed
+    # the restarted worker wrote again after the kill, in the stage set before it
     assert buf._num_transitions[0] > 0 and buf._t[0] > 0
+    assert kill.lengths_after and max(kill.lengths_after) <= 8, kill.lengths_after
 
 
 def test_every_worker_down_stops_with_their_names_and_keeps_the_checkpoint(tmp_path, capsys):
@@ -149,7 +171,9 @@ def test_a_worker_whose_simulator_stops_answering_is_timed_out(tmp_path):
     assert tr.run() is None
     assert failed == [1, 1, 1] and down == {1}
     buf = tr.agent.replay_buffer
-    assert buf._num_transitions[1] == 0 and buf._num_transitions[0] == tr.step > 0
+    assert buf._t[1] == 0 and buf._t[0] > 0 and tr.step > 0  # worker 1 wrote nothing, worker 0 all
+    envs = {row.split(",")[2] for row in (tr.run_dir / "episodes.csv").read_text().splitlines()[1:]}
+    assert envs == {"0"}
 
 
 def test_a_ray_run_resumes_its_learner_replay_and_counters(tmp_path):

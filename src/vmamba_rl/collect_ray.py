@@ -10,11 +10,14 @@ and sends that one reference to every worker.
 
 Faults: a worker whose process dies (killed, out of memory), whose environment raises, whose chunk
 takes longer than ``--worker_timeout_s`` after it started (a simulator that stopped answering), or that
-takes longer than ``--worker_startup_s`` to start, is restarted by Ray; the
-unfinished episodes of its streams are discarded from replay and counted as lost transitions, so no
-broken window enters replay, and the other workers go on. A worker that fails ``MAX_WORKER_FAILURES``
-times in a row is given up; when no worker is left the collector raises :class:`CollectorError`
-naming them (the training loop keeps its last checkpoint).
+takes longer than ``--worker_startup_s`` to start, is restarted by Ray (a process that died without a
+kill: a second kill would hit the restart); the unfinished episodes of its streams are discarded from
+replay and counted as lost transitions, so no broken window enters replay, and the other workers go on.
+No chunk is asked of a restarting worker until its ``ready()`` answers from the new process; it then gets
+the current weights and, when the curriculum moved on since it was created, the current stage (Ray
+restarts an actor with its creation arguments). One whose ``__init__`` raised is created anew. A worker
+that fails ``MAX_WORKER_FAILURES`` times in a row is given up; when no worker is left the collector
+raises :class:`CollectorError` naming them (the training loop keeps its last checkpoint).
 
 Ray runs are not bit-reproducible: chunks arrive in the order the workers finish them. ``--resume``
 restores the learner, replay and counters; workers start fresh episodes.
@@ -27,7 +30,9 @@ address and port per worker; see the README).
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -36,6 +41,11 @@ from vmamba_rl.collector import Collector, CollectorError, CollectResult, EnvBui
 from vmamba_rl.replay import NonFiniteTransitionError
 
 MAX_WORKER_FAILURES = 3
+
+
+def _why(e: Exception) -> str:
+    """A Ray error in one line: its type and the start of its message."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
 def import_ray() -> Any:
@@ -103,6 +113,7 @@ class CollectionWorker:
         from vmamba_rl.config import Config
 
         torch.set_num_threads(1)
+        self.token = uuid.uuid4().hex
         cfg = Config.from_dict(json.loads(cfg_json))
         self.index, self.n = int(index), int(cfg.envs_per_worker)
         # Its own seeds: workers explore differently from each other and from the learner.
@@ -128,9 +139,10 @@ class CollectionWorker:
     def _builder(self, overrides: dict[str, Any] | None) -> EnvBuilder:
         return self.builder.with_overrides({**self.env_base, **(overrides or {})})
 
-    def ready(self) -> bool:
-        """Answers once the worker has started (its first task after ``__init__``)."""
-        return True
+    def ready(self) -> str:
+        """Answers once the worker has started (its first task after ``__init__``), with a token drawn in
+        ``__init__``: the learner tells a restarted process from the old one by it."""
+        return self.token
 
     def set_weights(self, state: dict[str, Any]) -> None:
         self.agent.load_policy_state(state)
@@ -158,16 +170,24 @@ class CollectionWorker:
         self.collector.close()
 
 
+class _Start:
+    """A worker on its way up: the ``ready()`` ref it must answer (None while a retry waits), when it
+    was (re)started, and when to ask again after Ray said it is still restarting."""
+
+    def __init__(self, ref: Any, t0: float) -> None:
+        self.ref, self.t0, self.retry_at = ref, t0, 0.0
+
+
 class RayCollector(Collector):
     """W Ray workers feeding the learner's replay (see the module docstring)."""
+
+    RETRY_S = 0.5  # how often to ask a restarting worker whether it is up
 
     def __init__(self, cfg: Any, agent: Any, overrides: dict[str, Any] | None) -> None:
         ray = import_ray()
         self.ray, self.cfg = ray, cfg
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:
-            import os
-
             kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if cfg.ray_address is None:  # a local Ray: enough logical CPUs for every worker
                 kw["num_cpus"] = max(os.cpu_count() or 1, cfg.ray_workers + 1)
@@ -177,7 +197,9 @@ class RayCollector(Collector):
         self.cfg_json = cfg.to_json()
         self.overrides = overrides
         self.actor_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(CollectionWorker)
-        self.started: dict[int, tuple[Any, float]] = {}  # worker -> (its ready() ref, start time)
+        self.started: dict[int, _Start] = {}  # workers not up yet: no chunk is asked of them
+        self.spawned_with: dict[int, Any] = {}  # the overrides each actor was created with
+        self.incarnation: dict[int, str] = {}  # worker -> the token its ready() last answered
         self.workers = [self._spawn(w) for w in range(self.W)]
         self.failures = [0] * self.W
         self.down: set[int] = set()
@@ -190,12 +212,9 @@ class RayCollector(Collector):
 
     def _spawn(self, w: int) -> Any:
         worker = self.actor_cls.remote(self.cfg_json, w, self.overrides)
-        self._starting(w, worker)
+        self.spawned_with[w] = self.overrides
+        self.started[w] = _Start(worker.ready.remote(), time.monotonic())
         return worker
-
-    def _starting(self, w: int, worker: Any) -> None:
-        """Worker w was (re)started: its chunks are timed from when it says it is ready."""
-        self.started[w] = (worker.ready.remote(), time.monotonic())
 
     def _launch(self, w: int) -> None:
         ref = self.workers[w].collect.remote(self.cfg.ray_chunk, self.random_actions, self.progress)
@@ -206,7 +225,7 @@ class RayCollector(Collector):
             return
         ref = self.ray.put(agent.policy_state())  # one put per broadcast, one reference for all workers
         for w, worker in enumerate(self.workers):
-            if w not in self.down:
+            if w not in self.down and w not in self.started:  # a starting one gets them once it is up
                 worker.set_weights.remote(ref)
         self.synced_at = agent.total_it
         self._weights = ref
@@ -220,19 +239,23 @@ class RayCollector(Collector):
         self.random_actions = random_actions
         busy = {w for w, _ in self.pending.values()}
         for w in range(self.W):
-            if w not in busy and w not in self.down:
+            if w not in busy and w not in self.down and w not in self.started:
                 self._launch(w)
         result = CollectResult()
         while not result.decisions and not result.episodes:
-            if not self.pending:
+            if not self.pending and not self.started:
                 names = ", ".join(f"worker {w}" for w in sorted(self.down))
                 raise CollectorError(
                     f"every Ray worker is down ({names}), each failed {MAX_WORKER_FAILURES} times in a row"
                 )
-            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
+            self._ask_starting()
+            refs = list(self.pending) + [s.ref for s in self.started.values() if s.ref is not None]
+            if refs:
+                ray.wait(refs, num_returns=1, timeout=1.0)
+            else:  # only restarting workers, each waiting for its next question
+                time.sleep(self.RETRY_S)
+            self._check_started(agent, result)
             self._check_timeouts(agent, result)  # on every call: busy workers must not hide a hung one
-            if not ready:
-                continue
             ready, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
             for ref in ready:
                 if ref not in self.pending:  # timed out just now
@@ -240,14 +263,51 @@ class RayCollector(Collector):
                 w, _ = self.pending.pop(ref)
                 try:
                     items, res = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-                    self._failed(w, agent, result, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                except ray.exceptions.RayActorError as e:  # the process died: Ray restarts it
+                    dead = isinstance(e, ray.exceptions.ActorDiedError)  # or not: a new actor
+                    self._failed(w, agent, result, _why(e), kill=False, respawn=dead)
+                    continue
+                except ray.exceptions.RayTaskError as e:  # its environment raised: a fresh process
+                    self._failed(w, agent, result, _why(e), kill=True)
                     continue
                 self.failures[w] = 0
-                self.started.pop(w, None)
                 self._store(items, res, agent, result)
                 self._launch(w)
         return result
+
+    def _ask_starting(self) -> None:
+        """Ask the restarting workers whose retry time has come whether they are up."""
+        now = time.monotonic()
+        for w, s in self.started.items():
+            if s.ref is None and now >= s.retry_at:
+                s.ref = self.workers[w].ready.remote()
+
+    def _check_started(self, agent: Any, result: CollectResult) -> None:
+        """Workers whose ``ready()`` answered: send them the weights and current overrides, then a chunk.
+        A worker that Ray still restarts is asked again later; one dead for good is created anew."""
+        ray = self.ray
+        refs = {s.ref: w for w, s in self.started.items() if s.ref is not None}
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0) if refs else ([], [])
+        for ref in done:
+            w, s = refs[ref], self.started[refs[ref]]
+            try:
+                token = ray.get(ref)
+            except ray.exceptions.ActorDiedError as e:  # its __init__ raised, or it is gone for good
+                self._failed(w, agent, result, _why(e), kill=False, respawn=True)
+                continue
+            except ray.exceptions.RayActorError:  # still restarting: not a new failure, ask again
+                s.ref, s.retry_at = None, time.monotonic() + self.RETRY_S
+                continue
+            if token == self.incarnation.get(w):  # the old process answered before the kill took effect
+                s.ref, s.retry_at = None, time.monotonic() + self.RETRY_S
+                continue
+            self.incarnation[w] = token
+            del self.started[w]
+            worker = self.workers[w]
+            worker.set_weights.remote(self._weights)
+            if self.overrides != self.spawned_with[w]:  # Ray restarts an actor with its creation args
+                worker.set_overrides.remote(self.overrides)
+            self._launch(w)
 
     def _store(self, items: list[tuple], res: CollectResult, agent: Any, result: CollectResult) -> None:
         buf = agent.replay_buffer
@@ -275,41 +335,44 @@ class RayCollector(Collector):
         result.faults += res.faults
         result.episodes += res.episodes
 
-    def _failed(self, w: int, agent: Any, result: CollectResult, why: str) -> None:
-        """Worker w died or raised: discard its open episodes, restart it (Ray does), or give it up."""
+    def _failed(
+        self, w: int, agent: Any, result: CollectResult, why: str, kill: bool, respawn: bool = False
+    ) -> None:
+        """Worker w died, raised or hung: discard its open episodes and bring it back up, or give it up.
+
+        ``kill``: the process is alive but broken (its environment raised, or it hangs), so it is killed
+        for Ray to restart; a process that died is restarted by Ray without one (a second kill would hit
+        the restart). ``respawn``: the actor is dead for good (its ``__init__`` raised): a new one."""
         lost = sum(agent.replay_buffer.discard_episode(w * self.n + j) for j in range(self.n))
         result.lost += lost
         self.failures[w] += 1
         result.faults.append(f"Ray worker {w} failed ({why}); {lost} transitions of its open episodes lost")
+        self.started.pop(w, None)
+        if kill or respawn or self.failures[w] >= MAX_WORKER_FAILURES:
+            try:
+                self.ray.kill(self.workers[w], no_restart=respawn or self.failures[w] >= MAX_WORKER_FAILURES)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
         if self.failures[w] >= MAX_WORKER_FAILURES:
             self.down.add(w)
-            return
-        try:  # an environment error leaves the process alive: restart it for fresh environments
-            self.ray.kill(self.workers[w], no_restart=False)
-        except Exception:  # noqa: BLE001 - already dead: Ray restarts it by itself
-            pass
-        self._starting(w, self.workers[w])
-        self.workers[w].set_weights.remote(self._weights)
-        self._launch(w)
+        elif respawn:
+            self.workers[w] = self._spawn(w)
+        else:  # Ray restarts it: ask when it is up (the first answer may still be "restarting")
+            self.started[w] = _Start(None, time.monotonic())
 
     def _check_timeouts(self, agent: Any, result: CollectResult) -> None:
-        """Fail the workers that take too long: to start (``worker_startup_s``), or for a chunk after
-        they started (``worker_timeout_s``)."""
+        """Fail the workers that take too long: to start (``worker_startup_s``), or for a chunk
+        (``worker_timeout_s``, counted from when the chunk was asked of a worker that was up)."""
         now = time.monotonic()
+        for w, s in list(self.started.items()):
+            if now - s.t0 > self.cfg.worker_startup_s:
+                why = f"did not start within {self.cfg.worker_startup_s:.0f} s"
+                self._failed(w, agent, result, why, kill=True)
         for ref, (w, t0) in list(self.pending.items()):
-            if w in self.started:
-                ready_ref, t_start = self.started[w]
-                done, _ = self.ray.wait([ready_ref], timeout=0)
-                if done:  # started: the chunk's clock runs from now
-                    del self.started[w]
-                    self.pending[ref] = (w, now)
-                    continue
-                limit, t0, what = self.cfg.worker_startup_s, t_start, "did not start"
-            else:
-                limit, what = self.cfg.worker_timeout_s, "sent no chunk"
-            if now - t0 > limit:
-                self.pending.pop(ref)  # _failed kills the worker: Ray restarts it
-                self._failed(w, agent, result, f"{what} within {limit:.0f} s")
+            if now - t0 > self.cfg.worker_timeout_s:
+                self.pending.pop(ref)
+                why = f"sent no chunk within {self.cfg.worker_timeout_s:.0f} s"
+                self._failed(w, agent, result, why, kill=True)
 
     def set_env_overrides(self, overrides: dict[str, Any] | None, agent: Any) -> None:
         self.overrides = overrides
