@@ -1,5 +1,5 @@
 """The Reeds-Shepp planner on its own on Parking-v0, its search time, and environment steps/s with the
-hybrid hand-off on.
+hybrid hand-off on; each with HOPE's search and with the slot's exits (``--rs_exit_tree``).
 
     python benchmarks/parking_planner.py                        # 500 episodes per level
     python benchmarks/parking_planner.py --episodes 100 --levels normal extreme
@@ -11,6 +11,8 @@ Rows per level (fresh scene seeds from ``--seed``; bay and parallel apart where 
   frame (every 2 m along, 1.5 m across, four headings, free footprint, within 10 m of the target),
   tried in order of their two Reeds-Shepp lengths; the first whose leg from the start (any length,
   checked the same way) and hand-off from the leg's simulated end are both free is executed.
+- ``+ exits``: the same two with the planner's ``exit_tree`` on (paths may end at an exit of the slot,
+  whose backward-searched moves finish the parking; the exit search's own time is reported apart).
 Search time: each ``ReedsSheppPlanner.plan`` call from the start poses, wall and thread CPU time
 (p50 / p95). Steps/s: random actions for ``--steps`` steps with and without the hybrid wrapper.
 Writes ``--out``/parking_planner.json.
@@ -92,15 +94,17 @@ def rate(flags: list[bool]) -> float:
     return float(np.mean(flags)) if flags else float("nan")
 
 
-def level_rows(level: str, episodes: int, seed: int) -> dict[str, Any]:
+def level_rows(level: str, episodes: int, seed: int, exit_tree: bool = False) -> dict[str, Any]:
     env = ParkingEnv(level=level)
-    planner = ReedsSheppPlanner()
+    planner = ReedsSheppPlanner(exit_tree=exit_tree)
     res: dict[str, dict[str, list[bool]]] = {t: {"start": [], "approach": []} for t in SLOT_TYPES}
-    wall, cpu = [], []
+    wall, cpu, tree_s = [], [], []
     for i in range(episodes):
         env.reset(seed=seed + i)
         slot = env.scene.slot_type
         start = env.state.copy()
+        if exit_tree:
+            tree_s.append(planner.tree(env).seconds)  # searched once per scene, timed apart
         t0, c0 = time.perf_counter(), time.thread_time()
         plan = planner.plan(env)
         wall.append(time.perf_counter() - t0)
@@ -124,12 +128,19 @@ def level_rows(level: str, episodes: int, seed: int) -> dict[str, Any]:
         "cpu_p50": 1e3 * float(np.percentile(cpu, 50)),
         "cpu_p95": 1e3 * float(np.percentile(cpu, 95)),
     }
+    if exit_tree:
+        out["exit_search_ms"] = {
+            "p50": 1e3 * float(np.percentile(tree_s, 50)),
+            "p95": 1e3 * float(np.percentile(tree_s, 95)),
+        }
     return out
 
 
-def steps_per_second(level: str, steps: int, hybrid: bool, seed: int) -> tuple[float, list[float]]:
+def steps_per_second(
+    level: str, steps: int, hybrid: bool, seed: int, exit_tree: bool = False
+) -> tuple[float, list[float]]:
     base = ParkingEnv(level=level)
-    env = ReedsSheppHybrid(base) if hybrid else base
+    env = ReedsSheppHybrid(base, exit_tree=exit_tree) if hybrid else base
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)
     t0 = time.perf_counter()
@@ -157,29 +168,39 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "levels": {},
     }
-    print(f"{'level':<9} {'rs from start':>14} {'rs + approach':>14}  {'by slot (start / approach)':<40} "
-          f"{'search ms wall p50/p95':>22} {'cpu p50/p95':>12}")  # fmt: skip
+    print(f"{'level':<9} {'search':<8} {'from start':>11} {'+ approach':>11}  "
+          f"{'by slot (start / approach)':<40} {'search ms wall p50/p95':>22} {'cpu p50/p95':>12}  "
+          f"{'exit search ms p50/p95':>22}")  # fmt: skip
     for level in args.levels:
-        r = level_rows(level, args.episodes, args.seed)
-        results["levels"][level] = r
-        slots = ", ".join(
-            f"{t} {r['start_by_slot'][t]:.3f} / {r['approach_by_slot'][t]:.3f}" for t in r["start_by_slot"]
-        )
-        ms = r["search_ms"]
-        print(
-            f"{level:<9} {r['start']:>14.3f} {r['approach']:>14.3f}  {slots:<40} "
-            f"{ms['wall_p50']:>9.2f} / {ms['wall_p95']:<9.2f} {ms['cpu_p50']:>5.2f} / {ms['cpu_p95']:.2f}"
-        )
+        results["levels"][level] = {}
+        for name, exit_tree in (("hope", False), ("exits", True)):
+            r = level_rows(level, args.episodes, args.seed, exit_tree)
+            results["levels"][level][name] = r
+            by = r["start_by_slot"]
+            slots = ", ".join(f"{t} {by[t]:.3f} / {r['approach_by_slot'][t]:.3f}" for t in by)
+            ms, ex = r["search_ms"], r.get("exit_search_ms")
+            tree = f"{ex['p50']:>9.2f} / {ex['p95']:.2f}" if ex else ""
+            print(
+                f"{level:<9} {name:<8} {r['start']:>11.3f} {r['approach']:>11.3f}  {slots:<40} "
+                f"{ms['wall_p50']:>9.2f} / {ms['wall_p95']:<9.2f} {ms['cpu_p50']:>5.2f} / "
+                f"{ms['cpu_p95']:<6.2f} {tree}"
+            )
     print(f"\nenvironment steps/s, random actions, {args.steps} steps (HOPE's environment: ~40 steps/s)")
     results["steps_per_s"] = {}
     for level in args.levels:
         off, _ = steps_per_second(level, args.steps, False, args.seed)
         on, plans = steps_per_second(level, args.steps, True, args.seed)
+        ex, ex_plans = steps_per_second(level, args.steps, True, args.seed, exit_tree=True)
         p95 = 1e3 * float(np.percentile(plans, 95)) if plans else float("nan")
-        results["steps_per_s"][level] = {"off": off, "hybrid": on, "ratio": on / off, "plan_wall_p95_ms": p95}
+        ex_p95 = 1e3 * float(np.percentile(ex_plans, 95)) if ex_plans else float("nan")
+        results["steps_per_s"][level] = {
+            "off": off, "hybrid": on, "ratio": on / off, "plan_wall_p95_ms": p95,
+            "hybrid_exits": ex, "ratio_exits": ex / off, "plan_exits_wall_p95_ms": ex_p95,
+        }  # fmt: skip
         print(
-            f"{level:<9} without {off:8.0f}   hybrid {on:8.0f}   ratio {on / off:.2f}   "
-            f"search p95 {p95:.2f} ms"
+            f"{level:<9} without {off:8.0f}   hybrid {on:8.0f} (ratio {on / off:.2f}, "
+            f"search p95 {p95:.2f} ms)   hybrid + exits {ex:8.0f} (ratio {ex / off:.2f}, "
+            f"search p95 {ex_p95:.2f} ms)"
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,8 @@ from vmamba_rl.envs.parking import (
     ParkingEnv,
     ParkingScene,
 )
+from vmamba_rl.envs.parking import car_polygon
+from vmamba_rl.planning.exit_tree import build_exit_tree
 from vmamba_rl.planning.handoff import ReedsSheppHybrid, ReedsSheppPlanner, path_actions
 from vmamba_rl.planning.reeds_shepp import RSPath, reeds_shepp_paths
 
@@ -227,6 +229,71 @@ def test_rs_hybrid_flags() -> None:
         make_config("hope", rs_hybrid=True, action_repeat=2)
     with pytest.raises(ConfigError, match="--rs_max_dist must be a finite distance > 0 m"):
         make_config("hope", rs_max_dist=0.0)
+
+
+def test_rs_exit_tree_flags() -> None:
+    assert make_config("hope", rs_hybrid=True, rs_exit_tree=True).rs_exit_tree
+    with pytest.raises(ConfigError, match="--rs_exit_tree is on but --rs_hybrid is off"):
+        make_config("hope", rs_exit_tree=True)
+    with pytest.raises(ValueError, match="exit_tries must be an integer >= 1; got 0"):
+        ReedsSheppPlanner(exit_tree=True, exit_tries=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the slot's exits (backward search from the goal)
+
+
+def test_simulate_back_is_the_exact_inverse_of_a_step() -> None:
+    env = ParkingEnv(level="normal")
+    env.reset(seed=0)
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        pose = np.array([*rng.uniform(-10, 10, 2), rng.uniform(-np.pi, np.pi)])
+        action = rng.uniform([-MAX_STEER, -MAX_SPEED], [MAX_STEER, MAX_SPEED])
+        back = env.simulate_back(action, pose)
+        forward = env.simulate(action[None], back[0])
+        np.testing.assert_allclose(forward[:-1], back[1:], atol=1e-12)
+        np.testing.assert_allclose(forward[-1], pose, atol=1e-12)
+
+
+@pytest.mark.parametrize("level", ["complex", "extreme"])
+def test_every_exit_drives_into_the_slot_without_contact(level: str) -> None:
+    env = ParkingEnv(level=level)
+    for seed in range(3):
+        env.reset(seed=seed)
+        tree = build_exit_tree(env, n_exits=8)
+        assert len(tree.exits) == 8, (level, seed, tree.expanded)
+        mouth = env.scene.slot[:, 1].max()
+        for node in tree.exits:
+            assert car_polygon(*tree.poses[node])[:, 1].min() >= mouth + 0.1 - 1e-9  # clear of the slot
+            actions = tree.actions_to_goal(int(node))
+            poses = env.simulate(actions, tree.poses[node])
+            assert env.first_blocked(poses)[0] == len(poses)  # free at every sub-step
+            np.testing.assert_allclose(poses[-1], env.scene.target, atol=1e-9)  # on the goal
+            assert np.all(np.abs(actions[:, 1]) <= MAX_SPEED) and np.all(np.abs(actions[:, 0]) <= MAX_STEER)
+
+
+def test_exits_park_extreme_slots_that_one_reeds_shepp_path_cannot() -> None:
+    env = ReedsSheppHybrid(ParkingEnv(level="extreme"), exit_tree=True)
+    hope_only = ReedsSheppPlanner()
+    parked = 0
+    for seed in range(6):
+        env.reset(seed=seed)
+        park = env.unwrapped
+        assert hope_only.plan(park) is None  # slot 0.6-0.9 m longer than the car: no single path
+        plan = env.planner.plan(park)
+        if plan is None:
+            continue
+        assert plan.exit in set(env.planner.tree(park).exits.tolist())
+        for k in range(len(plan.actions)):
+            _, _, terminated, truncated, info = env.step(np.zeros(2, dtype=np.float32))
+            assert info["rs_active"] and not info["is_collision"]
+            np.testing.assert_allclose(info["executed_action"], plan.actions[k], rtol=1e-6)
+            if terminated or truncated:
+                break
+        assert info["is_success"]  # (the last wiggles may be cut short: > 95 % covered ends the episode)
+        parked += 1
+    assert parked >= 3
 
 
 # ---------------------------------------------------------------------------------------------------

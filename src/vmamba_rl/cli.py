@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
         "--rs_hybrid", action=argparse.BooleanOptionalAction, default=None,
         help="Parking-v0: with (or without) the Reeds-Shepp hand-off (default: as trained)",
     )  # fmt: skip
+    e.add_argument(
+        "--rs_exit_tree", action=argparse.BooleanOptionalAction, default=None,
+        help="Parking-v0: the hand-off with (or without) the slot's exits (default: as trained)",
+    )  # fmt: skip
 
     i = sub.add_parser(
         "info",
@@ -77,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--rs_hybrid", action=argparse.BooleanOptionalAction, default=None,
         help="Parking-v0: with (or without) the Reeds-Shepp hand-off (default: as trained)",
+    )  # fmt: skip
+    v.add_argument(
+        "--rs_exit_tree", action=argparse.BooleanOptionalAction, default=None,
+        help="Parking-v0: the hand-off with (or without) the slot's exits (default: as trained)",
     )  # fmt: skip
 
     pl = sub.add_parser(
@@ -228,6 +236,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         cfg.set("env_name", ns.env_name)
     if ns.rs_hybrid is not None:
         cfg.set("rs_hybrid", ns.rs_hybrid)
+    if ns.rs_exit_tree is not None:
+        cfg.set("rs_exit_tree", ns.rs_exit_tree)
     try:
         env = make_env(cfg, level=ns.level)
         agent = make_agent(env, None, cfg)

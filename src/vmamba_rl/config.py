@@ -290,6 +290,11 @@ class TrainConfig:
         "sampling toward the scenes furthest below their success target; evaluation keeps --level",
     )
     rs_max_dist: float = opt(10.0, "distance to the target [m] below which the Reeds-Shepp hand-off is tried")
+    rs_exit_tree: bool = opt(
+        False,
+        "Parking-v0 with --rs_hybrid (not in HOPE): when no Reeds-Shepp path reaches the goal, try paths to "
+        "the slot's exits, unparking manoeuvres searched backwards from the goal once per scene",
+    )
     learning_starts: int = opt(2000, "decisions of random actions before the policy acts and updates begin")
     updates_per_step: float = opt(
         1.0, "gradient updates per env step after learning_starts (0.25 = one per 4 steps)"
@@ -781,6 +786,11 @@ def _validate_train(cfg: Config) -> None:
     _check(
         not tr.scene_schedule or tr.env_name == "Parking-v0",
         f"--scene_schedule picks Parking-v0 scenes only; --env_name is {tr.env_name!r}",
+    )
+    _check(
+        not tr.rs_exit_tree or tr.rs_hybrid,
+        "--rs_exit_tree is on but --rs_hybrid is off: the exits extend the Reeds-Shepp hand-off; "
+        "add --rs_hybrid or drop --rs_exit_tree",
     )
     _check(
         not tr.rs_hybrid or tr.action_repeat == 1,

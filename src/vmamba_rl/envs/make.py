@@ -54,7 +54,7 @@ def make_env(
     if cfg.rs_hybrid:
         from vmamba_rl.planning.handoff import ReedsSheppHybrid
 
-        env = ReedsSheppHybrid(env, max_dist=cfg.rs_max_dist)
+        env = ReedsSheppHybrid(env, max_dist=cfg.rs_max_dist, exit_tree=cfg.rs_exit_tree)
     if cfg.modalities is not None:
         available = list(getattr(env.observation_space, "spaces", {}))
         missing = [k for k in cfg.modalities if k not in available]

@@ -130,6 +130,26 @@ def _rollout_nb(x: float, y: float, yaw: float, steer: float, speed: float, n: i
 
 
 @njit(cache=True)
+def _unroll_nb(x: float, y: float, yaw: float, steer: float, speed: float, n: int) -> np.ndarray:
+    """Poses (n, 3) before the last n sub-steps that ended at (x, y, yaw), latest first: the exact inverse
+    of :func:`_rollout_nb` (its step moves along the pre-step heading, so undo the yaw first).
+
+    Row n - 1 is the pose the step started from; a planner that searches backwards from the goal uses
+    this so that driving the found actions forwards ends on the goal to rounding error.
+    """
+    out = np.empty((n, 3))
+    yaw_rate = speed * np.tan(steer) / WHEELBASE
+    for k in range(n):
+        yaw -= yaw_rate * SUBSTEP_DT
+        x -= speed * np.cos(yaw) * SUBSTEP_DT
+        y -= speed * np.sin(yaw) * SUBSTEP_DT
+        out[k, 0] = x
+        out[k, 1] = y
+        out[k, 2] = yaw
+    return out
+
+
+@njit(cache=True)
 def _simulate_nb(x: float, y: float, yaw: float, actions: np.ndarray) -> np.ndarray:
     """Sub-step poses (n * N_SUBSTEPS, 3) of driving actions (n, 2) one step each, as ``step`` does."""
     out = np.empty((actions.shape[0] * N_SUBSTEPS, 3))
@@ -774,6 +794,14 @@ class ParkingEnv(gym.Env):
         x, y, yaw = self.state if pose is None else np.asarray(pose, dtype=np.float64)
         acts = np.ascontiguousarray(actions, dtype=np.float64).reshape(-1, 2)
         return _simulate_nb(float(x), float(y), float(yaw), acts)
+
+    def simulate_back(self, action: np.ndarray, pose: np.ndarray) -> np.ndarray:
+        """Sub-step poses (10, 3) from which one step of ``action`` (steer, speed) ends at ``pose``, in
+        driving order: row 0 is where the step starts, and ``simulate(action, row 0)`` visits rows 1-9
+        and then ``pose``. For searches backwards from the goal; the state is not changed."""
+        steer, speed = (float(v) for v in np.asarray(action, dtype=np.float64).reshape(2))
+        x, y, yaw = (float(v) for v in np.asarray(pose, dtype=np.float64).reshape(3))
+        return _unroll_nb(x, y, yaw, steer, speed, N_SUBSTEPS)[::-1].copy()
 
     def coverage_at(self, pose: np.ndarray) -> float:
         """Fraction of the goal footprint the car would cover at ``pose`` (x, y, yaw)."""

@@ -52,6 +52,7 @@ def visualize(
     device: str = "cpu",
     verbose: bool = False,
     rs_hybrid: bool | None = None,
+    rs_exit_tree: bool | None = None,
 ) -> dict[str, Path]:
     """Roll out a checkpoint deterministically and write its figures, arrays and video to ``out_dir``.
 
@@ -64,7 +65,7 @@ def visualize(
         video: False skips rendering (faster; no GIF / MP4 / frame PNG).
         feature_mode: ``"first"`` (the first ``n_dims`` feature dimensions) or ``"pca"``.
         rs_hybrid: Parking-v0 with (True) or without (False) the Reeds-Shepp hand-off, None as trained;
-            the video draws a planned path in magenta.
+            the video draws a planned path in magenta; rs_exit_tree: its exits on / off (None as trained).
 
     Returns the written files by kind: ``attention_png``, ``attention_heads_png``, ``attention_npy``
     ((T, K) actor weights, rows sum to 1), ``attention_npz`` (actor / critic, per head),
@@ -82,7 +83,11 @@ def visualize(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     agent, env, cfg = load_agent(
-        checkpoint, device=device, render_mode="rgb_array" if video else None, rs_hybrid=rs_hybrid
+        checkpoint,
+        device=device,
+        render_mode="rgb_array" if video else None,
+        rs_hybrid=rs_hybrid,
+        rs_exit_tree=rs_exit_tree,
     )
     try:
         trace = rollout(agent, env, cfg, episodes=episodes, seed=seed, max_steps=max_steps, render=video)
@@ -212,6 +217,7 @@ def cmd_visualize(ns: Any) -> int:
             seed=ns.seed,
             verbose=True,
             rs_hybrid=ns.rs_hybrid,
+            rs_exit_tree=ns.rs_exit_tree,
         )
     except (ImportError, CheckpointError, ConfigError, ValueError, gym.error.Error) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -87,10 +87,12 @@ def load_agent(
     device: str = "cpu",
     render_mode: str | None = "rgb_array",
     rs_hybrid: bool | None = None,
+    rs_exit_tree: bool | None = None,
 ) -> tuple[Any, gym.Env, Any]:
     """Checkpoint (or run folder) -> (agent with loaded weights, K-step env, Config).
 
-    ``rs_hybrid``: True / False turns the Reeds-Shepp hand-off on / off (None: as trained)."""
+    ``rs_hybrid``: True / False turns the Reeds-Shepp hand-off on / off, ``rs_exit_tree`` its exits
+    (None: as trained)."""
     from vmamba_rl.agents import make_agent
     from vmamba_rl.checkpoint import CheckpointError, safe_torch_load
     from vmamba_rl.config import Config
@@ -104,6 +106,8 @@ def load_agent(
     cfg.set("device", device)  # a GPU-trained checkpoint visualises on any machine
     if rs_hybrid is not None:
         cfg.set("rs_hybrid", rs_hybrid)
+    if rs_exit_tree is not None:
+        cfg.set("rs_exit_tree", rs_exit_tree)
     try:
         env = make_env(cfg, render_mode=render_mode)
     except (TypeError, ValueError, gym.error.Error):
