@@ -23,8 +23,8 @@ from vmamba_rl.envs.parking import (
     WHEELBASE,
     ParkingEnv,
     ParkingScene,
+    car_polygon,
 )
-from vmamba_rl.envs.parking import car_polygon
 from vmamba_rl.planning.exit_tree import build_exit_tree
 from vmamba_rl.planning.handoff import ReedsSheppHybrid, ReedsSheppPlanner, path_actions
 from vmamba_rl.planning.reeds_shepp import RSPath, reeds_shepp_paths
