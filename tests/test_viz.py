@@ -200,6 +200,20 @@ def test_parking_sac_without_attention_skips_the_heatmap_with_a_note(tmp_path):
     assert len(_rows(files["episodes_csv"])) == 3 and files["features_png"].is_file()
 
 
+def test_visualize_plays_another_level_with_the_exits_of_the_hand_off(tmp_path):
+    ckpt = _sac_checkpoint(tmp_path, "mlp")
+    success = {}
+    for exits in (False, True):
+        out = tmp_path / f"v{int(exits)}"
+        files = visualize(
+            str(ckpt), str(out), max_steps=20, video=False, seed=0, level="extreme", rs_hybrid=True,
+            rs_exit_tree=exits,
+        )  # fmt: skip
+        success[exits] = any(r["success"] == "1" for r in _rows(files["episodes_csv"]))
+    # extreme scene 0: no single Reeds-Shepp path parks it, the exits do (tests/test_parking_hybrid.py)
+    assert success == {False: False, True: True}
+
+
 # -------------------------------------------------------------------------------------------- curves
 
 CONFIG_A = {"train": {"algorithm_name": "vmamba_td3", "env_name": "DroneNav-v0", "seed": 0, "run_name": "a0"}}

@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--fps", type=float, default=8.0)
     v.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"), help="video frame")
     v.add_argument("--max_steps", type=int, default=None, help="truncate episodes after N decisions")
+    v.add_argument("--level", default=None, help="environment level to play (default: the run's)")
     v.add_argument(
         "--seed", type=int, default=None, help=f"first episode seed (default: {EVAL_SEED} + run seed)"
     )

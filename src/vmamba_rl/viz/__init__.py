@@ -53,6 +53,7 @@ def visualize(
     verbose: bool = False,
     rs_hybrid: bool | None = None,
     rs_exit_tree: bool | None = None,
+    level: str | None = None,
 ) -> dict[str, Path]:
     """Roll out a checkpoint deterministically and write its figures, arrays and video to ``out_dir``.
 
@@ -66,6 +67,7 @@ def visualize(
         feature_mode: ``"first"`` (the first ``n_dims`` feature dimensions) or ``"pca"``.
         rs_hybrid: Parking-v0 with (True) or without (False) the Reeds-Shepp hand-off, None as trained;
             the video draws a planned path in magenta; rs_exit_tree: its exits on / off (None as trained).
+        level: the environment level to play (None: the run's ``--level``).
 
     Returns the written files by kind: ``attention_png``, ``attention_heads_png``, ``attention_npy``
     ((T, K) actor weights, rows sum to 1), ``attention_npz`` (actor / critic, per head),
@@ -88,6 +90,7 @@ def visualize(
         render_mode="rgb_array" if video else None,
         rs_hybrid=rs_hybrid,
         rs_exit_tree=rs_exit_tree,
+        level=level,
     )
     try:
         trace = rollout(agent, env, cfg, episodes=episodes, seed=seed, max_steps=max_steps, render=video)
@@ -218,6 +221,7 @@ def cmd_visualize(ns: Any) -> int:
             verbose=True,
             rs_hybrid=ns.rs_hybrid,
             rs_exit_tree=ns.rs_exit_tree,
+            level=ns.level,
         )
     except (ImportError, CheckpointError, ConfigError, ValueError, gym.error.Error) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -88,11 +88,12 @@ def load_agent(
     render_mode: str | None = "rgb_array",
     rs_hybrid: bool | None = None,
     rs_exit_tree: bool | None = None,
+    level: str | None = None,
 ) -> tuple[Any, gym.Env, Any]:
     """Checkpoint (or run folder) -> (agent with loaded weights, K-step env, Config).
 
     ``rs_hybrid``: True / False turns the Reeds-Shepp hand-off on / off, ``rs_exit_tree`` its exits
-    (None: as trained)."""
+    (None: as trained); ``level``: the environment level (None: the run's)."""
     from vmamba_rl.agents import make_agent
     from vmamba_rl.checkpoint import CheckpointError, safe_torch_load
     from vmamba_rl.config import Config
@@ -108,6 +109,8 @@ def load_agent(
         cfg.set("rs_hybrid", rs_hybrid)
     if rs_exit_tree is not None:
         cfg.set("rs_exit_tree", rs_exit_tree)
+    if level is not None:
+        cfg.set("level", level)
     try:
         env = make_env(cfg, render_mode=render_mode)
     except (TypeError, ValueError, gym.error.Error):
