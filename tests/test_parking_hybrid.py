@@ -296,6 +296,46 @@ def test_exits_park_extreme_slots_that_one_reeds_shepp_path_cannot() -> None:
     assert parked >= 3
 
 
+def _hybrid_checkpoint(tmp_path, **options) -> str:
+    """An (untrained) hope_sac Parking-v0 checkpoint with the given hybrid options."""
+    cfg = make_config("hope", **TINY_SAC, level="extreme", **options)
+    env = make_env(cfg)
+    path = tmp_path / "sac.pt"
+    make_agent(env, None, cfg).save(str(path))
+    env.close()
+    return str(path)
+
+
+def test_rescore_turns_off_the_exits_and_the_hand_off_of_a_trained_run(tmp_path, capsys) -> None:
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import parking_rescore
+
+    ckpt = _hybrid_checkpoint(tmp_path, rs_hybrid=True, rs_exit_tree=True)
+    out = tmp_path / "out"
+    argv = [ckpt, "--levels", "extreme", "--episodes", "2", "--seed", "0", "--out", str(out)]
+    assert parking_rescore.main(argv) == 0
+    table = json.loads((out / "results.json").read_text())["table"]
+    success = {v: row["extreme"]["per_run"][0] for v, row in table.items()}
+    # extreme scenes 0 and 1: no single Reeds-Shepp path parks them, the exits do (test above); an
+    # untrained policy alone parks neither
+    assert success == {"trained": 1.0, "no_exits": 0.0, "alone": 0.0}
+    assert "| trained | 1 | 1.000 (1.000) |" in (out / "results.md").read_text()
+
+    plain = _hybrid_checkpoint(tmp_path, rs_hybrid=False)
+    assert parking_rescore.main([plain, "--levels", "extreme", "--episodes", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "no_exits" in printed and "does not apply (not trained with that part)" in printed
+    assert list(json.loads((out / "results.json").read_text())["table"]) == ["trained"]
+
+    missing = str(tmp_path / "missing.pt")
+    assert parking_rescore.main([ckpt, missing, "--out", str(out)]) == 2  # before any scoring
+    assert f"checkpoint {missing!r} does not exist" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------------
 # action-mask post-processing
 
