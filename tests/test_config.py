@@ -65,6 +65,41 @@ def test_cpu_preset_is_its_sizes_plus_the_small_budget_and_navigation_recipes():
     assert cpu.level == "easy" and cpu.final_eval_episodes == 100 and plain.final_eval_episodes == 0
 
 
+# The command that measured the parking recipe (docs/results.md, "The slot's exits as hand-off targets").
+PARKING_COMMAND = (
+    "--fusions mlp --seeds 0 --steps 200000 --train_level normal --eval_interval 25000 --eval_episodes 500 "
+    "--eval_levels normal complex extreme --out runs/parking"
+).split() + [
+    "--extra",
+    '{"rs_hybrid": true, "rs_exit_tree": true, "mask_postprocess": true, "scene_schedule": true, '
+    '"num_envs": 8, "updates_per_step": 0.25, "modalities": ["lidar", "target", "action_mask"], '
+    '"buffer_size": 1000000, "env_kwargs": {"collision_stops": true, "collision_penalty": 5.0, '
+    '"max_steps": 100}}',
+]
+
+
+def test_park_preset_is_the_measured_parking_recipe():
+    """--preset park trains what benchmarks/parking_learning.py measured, but for where it writes and how
+    often it saves."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import parking_learning
+
+    args = parking_learning.parse_args(PARKING_COMMAND)
+    measured = parking_learning.build_config(args, args.options, "mlp", 0).to_dict()
+    preset = make_config("park").to_dict()
+    flat = {s: {k: v for sec in d.values() if isinstance(sec, dict) for k, v in sec.items()} for s, d in
+            (("measured", measured), ("preset", preset))}  # fmt: skip
+    ignored = {"log_dir", "run_name", "save_interval", "progress"}
+    differs = {k for k in flat["preset"] if k not in ignored and flat["preset"][k] != flat["measured"][k]}
+    assert differs == set()
+    # the comparison covers every option, the hybrid parts among them
+    assert len(flat["preset"]) == len(flat["measured"]) > 100
+    assert all(flat["preset"][k] is True for k in ("rs_hybrid", "rs_exit_tree", "mask_postprocess"))
+
+
 def test_explicit_flags_override_preset():
     cfg = parse_config(["--preset", "light", "--seq_len", "8", "--vmamba_num_vss_blocks", "1", "1", "2", "1"])
     assert cfg.seq_len == 8 and cfg.vmamba_num_vss_blocks == [1, 1, 2, 1]
@@ -95,7 +130,7 @@ def test_json_round_trip():
         (["--critic_lr", "0"], "--critic_lr must be a positive learning rate"),
         (["--vmamba_num_vss_blocks", "2", "2", "4"], "--vmamba_num_vss_blocks needs 4 values"),
         (["--vmamba_num_heads", "3"], "--vmamba_num_heads must divide --hidden_dim (256), got 3"),
-        (["--preset", "huge"], "--preset must be one of light, standard, heavy, cpu, hope, got 'huge'"),
+        (["--preset", "huge"], "--preset must be one of light, standard, heavy, cpu, hope, park, got 'huge'"),
         (["--algorithm_name", "ppo"], "--algorithm_name must be one of vmamba_td3, td3, hope_sac"),
         (["--scan_backend", "gpu"], "--scan_backend must be one of auto, reference, chunked, cpu, triton"),
         (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
