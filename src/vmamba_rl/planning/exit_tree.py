@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vmamba_rl.envs.parking import MAX_SPEED, MAX_STEER, N_SUBSTEPS, ParkingEnv, car_polygon
+from vmamba_rl.envs.parking import MAX_SPEED, MAX_STEER, N_SUBSTEPS, SUBSTEP_DT, ParkingEnv, car_polygon
 
 _STEERS = (-MAX_STEER, 0.0, MAX_STEER)
 _FRACTIONS = 20  # a blocked full step is shortened in 1/20ths (6 cm)
@@ -120,7 +120,7 @@ def build_exit_tree(env: ParkingEnv, n_exits: int = 16, max_expand: int = 20_000
         after = actions[i][1]  # the move that follows this node when driving to the goal
         for steer, speed, start in _moves(env, poses[i]):
             gear = _GEAR_COST if after != 0 and (after > 0) != (speed > 0) else 0.0
-            c = cost[i] + abs(speed) * 0.5 + gear + _STEP_COST
+            c = cost[i] + abs(speed) * N_SUBSTEPS * SUBSTEP_DT + gear + _STEP_COST  # metres driven
             poses.append(start.copy())
             parent.append(i)
             actions.append((steer, speed))
