@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from parking_learning import HOPE_PROTOCOL, LEVELS, evaluate_level, jsonable
-from vmamba_rl.checkpoint import CheckpointError, safe_torch_load
+from vmamba_rl.checkpoint import CheckpointError
 from vmamba_rl.config import Config
 from vmamba_rl.runtime import cpu_model
-from vmamba_rl.viz.rollout import load_agent, resolve_checkpoint
+from vmamba_rl.viz.rollout import load_agent, load_checkpoint
 
 # variant -> (rs_hybrid, rs_exit_tree) overrides; None keeps the run's own setting
 VARIANTS: dict[str, tuple[bool | None, bool | None]] = {
@@ -65,10 +65,7 @@ def rescore(
 
 def trained_config(run: str) -> Config:
     """The config a run was trained with (its checkpoint's)."""
-    state = safe_torch_load(resolve_checkpoint(run), map_location="cpu")
-    if "config" not in state:
-        raise CheckpointError(f"{run!r} holds no config; it was not written by vmamba-rl train")
-    return Config.from_dict(state["config"])
+    return load_checkpoint(run)[2]
 
 
 def summarize_variant(results: list[dict[str, Any]], levels: list[str]) -> dict[str, Any]:

@@ -82,6 +82,18 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
     return path / CHECKPOINT if path.is_dir() else path
 
 
+def load_checkpoint(checkpoint: str | Path, device: str = "cpu") -> tuple[Path, dict[str, Any], Any]:
+    """Checkpoint (or run folder) -> (its path, the saved state, the Config it was trained with)."""
+    from vmamba_rl.checkpoint import CheckpointError, safe_torch_load
+    from vmamba_rl.config import Config
+
+    path = resolve_checkpoint(checkpoint)
+    state = safe_torch_load(path, map_location=device)
+    if "config" not in state:
+        raise CheckpointError(f"{str(path)!r} holds no config; it was not written by vmamba-rl train")
+    return path, state, Config.from_dict(state["config"])
+
+
 def load_agent(
     checkpoint: str | Path,
     device: str = "cpu",
@@ -95,15 +107,9 @@ def load_agent(
     ``rs_hybrid``: True / False turns the Reeds-Shepp hand-off on / off, ``rs_exit_tree`` its exits
     (None: as trained); ``level``: the environment level (None: the run's)."""
     from vmamba_rl.agents import make_agent
-    from vmamba_rl.checkpoint import CheckpointError, safe_torch_load
-    from vmamba_rl.config import Config
     from vmamba_rl.training import make_env
 
-    path = resolve_checkpoint(checkpoint)
-    state = safe_torch_load(path, map_location=device)
-    if "config" not in state:
-        raise CheckpointError(f"{str(path)!r} holds no config; it was not written by vmamba-rl train")
-    cfg = Config.from_dict(state["config"])
+    path, state, cfg = load_checkpoint(checkpoint, device)
     cfg.set("device", device)  # a GPU-trained checkpoint visualises on any machine
     if rs_hybrid is not None:
         cfg.set("rs_hybrid", rs_hybrid)
